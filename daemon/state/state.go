@@ -102,6 +102,34 @@ func (s *Store) Put(rec Record) error {
 	return nil
 }
 
+// PutIf writes rec only if the stored record for the same id is in state
+// from, and reports whether it wrote. The check and the write are one
+// transaction, so a concurrent Put that moved the record on is never undone.
+func (s *Store) PutIf(rec Record, from State) (bool, error) {
+	if err := vm.ValidateID(rec.ID); err != nil {
+		return false, fmt.Errorf("state: put: %w", err)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("state: put %s: encode: %w", rec.ID, err)
+	}
+	var wrote bool
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		wrote = false
+		b := tx.Bucket(bucketVMs)
+		var old Record
+		if err := json.Unmarshal(b.Get([]byte(rec.ID)), &old); err != nil || old.State != from {
+			return nil
+		}
+		wrote = true
+		return b.Put([]byte(rec.ID), data)
+	})
+	if err != nil {
+		return false, fmt.Errorf("state: put %s: %w", rec.ID, err)
+	}
+	return wrote, nil
+}
+
 // Delete removes the record for id. Deleting a missing record returns nil.
 func (s *Store) Delete(id string) error {
 	err := s.db.Batch(func(tx *bolt.Tx) error {

@@ -154,3 +154,48 @@ func TestStoreUndecodableRecordKeepsID(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestStorePutIfChecksState(t *testing.T) {
+	s, err := Open(t.TempDir(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	wrote, err := s.PutIf(testRecord("m", Warm), Restoring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrote {
+		t.Error("PutIf wrote a record that did not exist")
+	}
+
+	if err := s.Put(testRecord("m", HandedOut)); err != nil {
+		t.Fatal(err)
+	}
+	wrote, err = s.PutIf(testRecord("m", Warm), Restoring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrote {
+		t.Error("PutIf overwrote a handed-out record")
+	}
+	got, err := s.Get("m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != HandedOut {
+		t.Errorf("state = %q, want %q", got.State, HandedOut)
+	}
+
+	if err := s.Put(testRecord("m", Restoring)); err != nil {
+		t.Fatal(err)
+	}
+	wrote, err = s.PutIf(testRecord("m", Warm), Restoring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !wrote {
+		t.Error("PutIf did not write over a restoring record")
+	}
+}
