@@ -1,0 +1,261 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/warmpool/warmpool/daemon/observe"
+	"github.com/warmpool/warmpool/daemon/state"
+	"github.com/warmpool/warmpool/pool"
+	"github.com/warmpool/warmpool/vm"
+)
+
+// storeLockTimeout is how long Start waits for another process to release
+// the record store's file lock.
+const storeLockTimeout = 2 * time.Second
+
+// Options are the parts of a Daemon that do not come from the config file.
+type Options struct {
+	// ConfigPath is the file Reload reads again.
+	ConfigPath string
+	// Logger receives operator events. Nil discards them.
+	Logger *slog.Logger
+	// Clock is passed to the pool and the recorder. Nil means the real clock.
+	Clock clockwork.Clock
+	// Provider replaces the provider the config describes, for tests.
+	Provider vm.Provider
+}
+
+// Daemon is a running host agent: the pool, its record store, and the API.
+type Daemon struct {
+	configPath string
+	log        *slog.Logger
+	clock      clockwork.Clock
+	registry   *prometheus.Registry
+	recorder   *observe.Recorder
+	provider   vm.Provider
+	pool       *pool.Pool
+	store      *state.Store
+	ready      atomic.Bool
+
+	// mu guards cfg and destroying. No VMM call, store write or pool call
+	// happens while it is held.
+	mu         sync.Mutex
+	cfg        *Config
+	destroying map[string]bool
+
+	// reloadMu serializes Reload calls, which change the pool's buckets.
+	reloadMu sync.Mutex
+
+	server     *http.Server
+	listeners  []net.Listener
+	socketPath string
+	serveDone  chan struct{}
+	serveErr   error
+}
+
+// Start opens the record store, builds the provider and the pool, recovers
+// the VMs recorded by a previous run, registers the configured stacks and
+// starts serving the API. On failure it undoes what it started.
+func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error) {
+	d = &Daemon{
+		configPath: opts.ConfigPath,
+		log:        opts.Logger,
+		clock:      opts.Clock,
+		registry:   prometheus.NewRegistry(),
+		cfg:        cfg,
+		destroying: make(map[string]bool),
+		serveDone:  make(chan struct{}),
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.clock == nil {
+		d.clock = clockwork.NewRealClock()
+	}
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.recorder = observe.New(d.registry, d.clock)
+
+	d.store, err = state.Open(cfg.StateDir, storeLockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.store.Close()
+		}
+	}()
+
+	d.provider = opts.Provider
+	if d.provider == nil {
+		d.provider, err = cfg.Provider.build(d.log, d.clock)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	pc := cfg.poolConfig()
+	pc.Clock = d.clock
+	pc.Hooks = pool.CombineHooks(d.storeHooks(), d.recorder.PoolHooks(), d.logHooks())
+	d.pool, err = pool.New(d.provider, pc)
+	if err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			d.closePool(context.Background())
+		}
+	}()
+	d.registry.MustRegister(pool.NewCollector(d.pool))
+
+	adopt, err := d.recover(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.registerStacks(cfg.Stacks, adopt)
+
+	if err := d.serve(cfg.Listen); err != nil {
+		return nil, err
+	}
+	d.ready.Store(true)
+	d.log.Info("daemon started", "provider", d.provider.Name(), "socket", cfg.Listen.Socket,
+		"tcp", cfg.Listen.TCP, "stacks", len(cfg.Stacks), "state_dir", cfg.StateDir)
+	return d, nil
+}
+
+// registerStacks registers each stack and then adopts the VMs recovered
+// for it.
+func (d *Daemon) registerStacks(stacks []StackConfig, adopt map[vm.StackKey][]vm.Instance) {
+	defaults := d.config().Pool
+	kind := d.provider.Name()
+	for _, s := range stacks {
+		minDepth, maxDepth := s.Depth(defaults)
+		err := d.pool.Register(s.Key, s.snapshot(kind), pool.WithDepth(minDepth, maxDepth))
+		if err != nil {
+			d.log.Error("register stack failed", "stack", s.Key.String(), "error", err)
+			continue
+		}
+		for _, inst := range adopt[s.Key] {
+			d.adopt(inst)
+		}
+	}
+}
+
+// serve starts the HTTP server on the unix socket and, if set, the loopback
+// TCP address.
+func (d *Daemon) serve(lc ListenConfig) error {
+	unixLn, err := listenUnix(lc.Socket, os.FileMode(lc.SocketMode))
+	if err != nil {
+		return err
+	}
+	d.socketPath = lc.Socket
+	d.listeners = append(d.listeners, unixLn)
+	if lc.TCP != "" {
+		tcpLn, err := listenTCP(lc.TCP)
+		if err != nil {
+			unixLn.Close()
+			os.Remove(lc.Socket)
+			return err
+		}
+		d.listeners = append(d.listeners, tcpLn)
+	}
+
+	d.server = &http.Server{
+		Handler:           d.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	errs := make(chan error, len(d.listeners))
+	for _, ln := range d.listeners {
+		go func() { errs <- d.server.Serve(ln) }()
+	}
+	go func() {
+		var all []error
+		for range d.listeners {
+			if err := <-errs; !errors.Is(err, http.ErrServerClosed) {
+				all = append(all, err)
+			}
+		}
+		d.serveErr = errors.Join(all...)
+		close(d.serveDone)
+	}()
+	return nil
+}
+
+// Addrs returns the addresses the API is served on.
+func (d *Daemon) Addrs() []net.Addr {
+	addrs := make([]net.Addr, 0, len(d.listeners))
+	for _, ln := range d.listeners {
+		addrs = append(addrs, ln.Addr())
+	}
+	return addrs
+}
+
+// Done is closed when the HTTP server has stopped serving.
+func (d *Daemon) Done() <-chan struct{} { return d.serveDone }
+
+// Shutdown stops accepting requests, waits for requests in progress, closes
+// the pool (destroying its warm VMs) and the record store. Handed-out VMs
+// keep running and stay recorded. The pool gets the config's
+// shutdown_timeout unless ctx ends sooner.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.ready.Store(false)
+	d.log.Info("daemon stopping")
+	var errs []error
+
+	// Remove the socket before closing it so that a new daemon that has
+	// already replaced it keeps its own socket file.
+	if d.socketPath != "" {
+		os.Remove(d.socketPath)
+	}
+	httpCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := d.server.Shutdown(httpCtx); err != nil {
+		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
+	}
+	cancel()
+
+	poolCtx, cancel := context.WithTimeout(ctx, d.config().ShutdownTimeout)
+	if err := d.closePool(poolCtx); err != nil {
+		errs = append(errs, err)
+	}
+	cancel()
+
+	if err := d.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close record store: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		d.log.Error("daemon stopped with errors", "error", err)
+	} else {
+		d.log.Info("daemon stopped")
+	}
+	return err
+}
+
+func (d *Daemon) closePool(ctx context.Context) error {
+	if err := d.pool.Close(ctx); err != nil {
+		return fmt.Errorf("close pool: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) config() *Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+// Stats returns the pool's statistics.
+func (d *Daemon) Stats() pool.Stats { return d.pool.Stats() }

@@ -1,0 +1,179 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/warmpool/warmpool/pool"
+	"github.com/warmpool/warmpool/vm"
+)
+
+// stackSpec is what a bucket is registered with.
+type stackSpec struct {
+	snapshot           vm.Snapshot
+	minDepth, maxDepth int
+}
+
+// stackSpecs returns the registration of each stack of cfg.
+func stackSpecs(cfg *Config, providerKind string) map[vm.StackKey]stackSpec {
+	specs := make(map[vm.StackKey]stackSpec, len(cfg.Stacks))
+	for _, s := range cfg.Stacks {
+		minDepth, maxDepth := s.Depth(cfg.Pool)
+		specs[s.Key] = stackSpec{s.snapshot(providerKind), minDepth, maxDepth}
+	}
+	return specs
+}
+
+// stackDiff is the change between two sets of stacks.
+type stackDiff struct {
+	added, removed, changed []vm.StackKey
+}
+
+func diffStacks(old, new map[vm.StackKey]stackSpec) stackDiff {
+	var diff stackDiff
+	for key, spec := range new {
+		oldSpec, ok := old[key]
+		switch {
+		case !ok:
+			diff.added = append(diff.added, key)
+		case oldSpec != spec:
+			diff.changed = append(diff.changed, key)
+		}
+	}
+	for key := range old {
+		if _, ok := new[key]; !ok {
+			diff.removed = append(diff.removed, key)
+		}
+	}
+	for _, keys := range [][]vm.StackKey{diff.added, diff.removed, diff.changed} {
+		sortKeys(keys)
+	}
+	return diff
+}
+
+func sortKeys(keys []vm.StackKey) {
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && keys[j].String() < keys[j-1].String(); j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+}
+
+// restartOnlyChanges names the sections of next that differ from cur and
+// take effect only at the next start: the provider, the listen addresses,
+// the state directory, and the pool section apart from its default depths.
+func restartOnlyChanges(cur, next *Config) []string {
+	var changed []string
+	if !reflect.DeepEqual(cur.Provider, next.Provider) {
+		changed = append(changed, "provider")
+	}
+	curPool, nextPool := cur.Pool, next.Pool
+	curPool.MinDepth, curPool.MaxDepth = 0, 0
+	nextPool.MinDepth, nextPool.MaxDepth = 0, 0
+	if curPool != nextPool {
+		changed = append(changed, "pool")
+	}
+	if cur.Listen != next.Listen {
+		changed = append(changed, "listen")
+	}
+	if cur.StateDir != next.StateDir {
+		changed = append(changed, "state_dir")
+	}
+	return changed
+}
+
+// Reload reads the config file again and applies its stacks: added stacks
+// are registered, removed ones unregistered (their warm VMs destroyed), and
+// changed ones unregistered and registered again. A config that fails to
+// load is rejected and the running one stays. Changes to sections that
+// need a restart are logged and ignored. Stacks registered through the API
+// are left alone unless the file names the same key.
+func (d *Daemon) Reload(ctx context.Context) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+
+	next, err := LoadConfig(d.configPath)
+	if err != nil {
+		d.log.Error("reload rejected, keeping the running config", "error", err)
+		return err
+	}
+	cur := d.config()
+	if changed := restartOnlyChanges(cur, next); len(changed) > 0 {
+		d.log.Warn("reload: changed sections need a restart to take effect",
+			"sections", strings.Join(changed, ","))
+		next.Provider, next.Listen, next.StateDir = cur.Provider, cur.Listen, cur.StateDir
+		minDepth, maxDepth := next.Pool.MinDepth, next.Pool.MaxDepth
+		next.Pool = cur.Pool
+		next.Pool.MinDepth, next.Pool.MaxDepth = minDepth, maxDepth
+	}
+
+	kind := d.provider.Name()
+	curSpecs, nextSpecs := stackSpecs(cur, kind), stackSpecs(next, kind)
+	diff := diffStacks(curSpecs, nextSpecs)
+	var errs []error
+	for _, key := range diff.removed {
+		errs = append(errs, d.unregister(ctx, key))
+	}
+	for _, key := range diff.changed {
+		if err := d.unregister(ctx, key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, d.register(key, nextSpecs[key]))
+	}
+	for _, key := range diff.added {
+		errs = append(errs, d.registerOrReplace(ctx, key, nextSpecs[key]))
+	}
+
+	d.mu.Lock()
+	d.cfg = next
+	d.mu.Unlock()
+
+	err = errors.Join(errs...)
+	d.log.Info("config reloaded", "added", len(diff.added), "removed", len(diff.removed),
+		"changed", len(diff.changed), "failed", err != nil)
+	return err
+}
+
+func (d *Daemon) register(key vm.StackKey, spec stackSpec) error {
+	err := d.pool.Register(key, spec.snapshot, pool.WithDepth(spec.minDepth, spec.maxDepth))
+	if err != nil {
+		d.log.Error("reload: register stack failed", "stack", key.String(), "error", err)
+		return fmt.Errorf("register %s: %w", key, err)
+	}
+	d.log.Info("reload: stack registered", "stack", key.String(), "snapshot", spec.snapshot.ID,
+		"min_depth", spec.minDepth, "max_depth", spec.maxDepth)
+	return nil
+}
+
+func (d *Daemon) unregister(ctx context.Context, key vm.StackKey) error {
+	uctx, cancel := context.WithTimeout(ctx, d.config().ShutdownTimeout)
+	defer cancel()
+	err := d.pool.Unregister(uctx, key)
+	if err != nil && !errors.Is(err, pool.ErrUnknownStack) {
+		d.log.Error("reload: unregister stack failed", "stack", key.String(), "error", err)
+		return fmt.Errorf("unregister %s: %w", key, err)
+	}
+	d.log.Info("reload: stack unregistered", "stack", key.String())
+	return nil
+}
+
+// registerOrReplace registers a stack new to the file. If the API already
+// registered the same key with another snapshot or depth, the file wins.
+func (d *Daemon) registerOrReplace(ctx context.Context, key vm.StackKey, spec stackSpec) error {
+	for _, b := range d.pool.Stats().Buckets {
+		if b.Key != key {
+			continue
+		}
+		if (stackSpec{b.Snapshot, b.MinDepth, b.MaxDepth}) == spec {
+			return nil
+		}
+		if err := d.unregister(ctx, key); err != nil {
+			return err
+		}
+	}
+	return d.register(key, spec)
+}
