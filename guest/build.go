@@ -1,0 +1,277 @@
+// Package guest builds the guest that warmpool's QEMU VMs boot: Debian's
+// cloud kernel and an initramfs whose /init is a small static Go agent
+// (see guest/agent) with busybox beside it for debugging.
+//
+// The build reads only what Debian packages install (linux-image-cloud-amd64,
+// busybox-static) and the Go toolchain, and it is cached: Build skips the
+// work when the output directory already holds a guest built from the same
+// inputs.
+package guest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+//go:embed agent/main.go
+var agentSource []byte
+
+// buildFormat changes whenever the layout of the initramfs changes, so that
+// cached guests built by older code are rebuilt.
+const buildFormat = "warmpool-guest-1"
+
+// File names inside a guest directory.
+const (
+	KernelFile   = "vmlinuz"
+	InitrdFile   = "initrd.img"
+	ManifestFile = "guest.json"
+)
+
+// Options are the inputs of Build. Empty fields are looked up on the host.
+type Options struct {
+	// OutDir receives vmlinuz, initrd.img and guest.json.
+	OutDir string
+	// Kernel is the path of a bzImage. Empty means the kernel of the
+	// installed linux-image-cloud-amd64 package.
+	Kernel string
+	// Busybox is the path of a static busybox. Empty means the one of the
+	// installed busybox-static package.
+	Busybox string
+	// GoBinary is the go command used to build the agent. Empty means "go".
+	GoBinary string
+}
+
+// Guest describes a built guest.
+type Guest struct {
+	Kernel string `json:"-"`
+	Initrd string `json:"-"`
+
+	// Key is the hash of every input of the build.
+	Key string `json:"key"`
+	// KernelSource and BusyboxSource are the host files the guest was
+	// built from.
+	KernelSource  string `json:"kernel_source"`
+	BusyboxSource string `json:"busybox_source"`
+	GoVersion     string `json:"go_version"`
+	// Cached is true when Build found the guest already built.
+	Cached bool `json:"-"`
+}
+
+// Build builds the guest into opts.OutDir, or returns the guest already
+// there when it was built from the same kernel, busybox, agent source and
+// Go version. Files are written under temporary names and renamed, so an
+// interrupted build never leaves a manifest that matches partial files.
+func Build(ctx context.Context, opts Options) (Guest, error) {
+	if opts.OutDir == "" {
+		return Guest{}, errors.New("guest build: missing output directory")
+	}
+	if opts.GoBinary == "" {
+		opts.GoBinary = "go"
+	}
+
+	var err error
+	if opts.Kernel == "" {
+		opts.Kernel, err = FindKernel(ctx)
+		if err != nil {
+			return Guest{}, err
+		}
+	}
+	if opts.Busybox == "" {
+		opts.Busybox, err = FindBusybox(ctx)
+		if err != nil {
+			return Guest{}, err
+		}
+	}
+
+	goVersion, err := runOutput(ctx, opts.GoBinary, "env", "GOVERSION")
+	if err != nil {
+		return Guest{}, fmt.Errorf("guest build: go version: %w", err)
+	}
+
+	key, err := buildKey(opts.Kernel, opts.Busybox, goVersion)
+	if err != nil {
+		return Guest{}, err
+	}
+	g := Guest{
+		Kernel:        filepath.Join(opts.OutDir, KernelFile),
+		Initrd:        filepath.Join(opts.OutDir, InitrdFile),
+		Key:           key,
+		KernelSource:  opts.Kernel,
+		BusyboxSource: opts.Busybox,
+		GoVersion:     goVersion,
+	}
+
+	if cached, err := Load(opts.OutDir); err == nil && cached.Key == key {
+		cached.Cached = true
+		return cached, nil
+	}
+
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return Guest{}, fmt.Errorf("guest build: %w", err)
+	}
+	// Remove the old manifest first so that a build stopped halfway is
+	// never mistaken for a complete one.
+	if err := os.Remove(filepath.Join(opts.OutDir, ManifestFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Guest{}, fmt.Errorf("guest build: %w", err)
+	}
+
+	initrd, err := buildInitramfs(ctx, opts)
+	if err != nil {
+		return Guest{}, err
+	}
+	kernel, err := os.ReadFile(opts.Kernel)
+	if err != nil {
+		return Guest{}, fmt.Errorf("guest build: read kernel: %w", err)
+	}
+	manifest, err := json.MarshalIndent(g, "", "  ")
+	if err != nil {
+		return Guest{}, fmt.Errorf("guest build: %w", err)
+	}
+
+	if err := writeFileAtomic(g.Kernel, kernel, 0o644); err != nil {
+		return Guest{}, err
+	}
+	if err := writeFileAtomic(g.Initrd, initrd, 0o644); err != nil {
+		return Guest{}, err
+	}
+	if err := writeFileAtomic(filepath.Join(opts.OutDir, ManifestFile), append(manifest, '\n'), 0o644); err != nil {
+		return Guest{}, err
+	}
+	return g, nil
+}
+
+// Load returns the guest built in dir, or an error if dir holds no
+// complete build.
+func Load(dir string) (Guest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return Guest{}, fmt.Errorf("guest: %w", err)
+	}
+	var g Guest
+	if err := json.Unmarshal(b, &g); err != nil {
+		return Guest{}, fmt.Errorf("guest: invalid %s in %s: %w", ManifestFile, dir, err)
+	}
+	g.Kernel = filepath.Join(dir, KernelFile)
+	g.Initrd = filepath.Join(dir, InitrdFile)
+	for _, path := range []string{g.Kernel, g.Initrd} {
+		if _, err := os.Stat(path); err != nil {
+			return Guest{}, fmt.Errorf("guest: %w", err)
+		}
+	}
+	return g, nil
+}
+
+// buildKey hashes every input of the build.
+func buildKey(kernel, busybox, goVersion string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n", buildFormat, goVersion)
+	h.Write(agentSource)
+	for _, path := range []string{kernel, busybox} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("guest build: %w", err)
+		}
+		sum := sha256.Sum256(b)
+		h.Write(sum[:])
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func buildInitramfs(ctx context.Context, opts Options) ([]byte, error) {
+	agent, err := buildAgent(ctx, opts.GoBinary)
+	if err != nil {
+		return nil, err
+	}
+	busybox, err := os.ReadFile(opts.Busybox)
+	if err != nil {
+		return nil, fmt.Errorf("guest build: read busybox: %w", err)
+	}
+
+	entries := []cpioEntry{
+		{Name: "bin", Mode: modeDir | 0o755},
+		{Name: "bin/busybox", Mode: modeRegular | 0o755, Data: busybox},
+		{Name: "bin/sh", Mode: modeSymlink | 0o777, Data: []byte("busybox")},
+		// The kernel opens /dev/console for init's standard streams
+		// before anything can mount devtmpfs, so the node must be in
+		// the archive.
+		{Name: "dev", Mode: modeDir | 0o755},
+		{Name: "dev/console", Mode: modeCharDev | 0o600, RdevMajor: 5, RdevMinor: 1},
+		{Name: "init", Mode: modeRegular | 0o755, Data: agent},
+		{Name: "proc", Mode: modeDir | 0o755},
+		{Name: "sys", Mode: modeDir | 0o755},
+		{Name: "tmp", Mode: modeDir | 0o1777},
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+
+	var buf bytes.Buffer
+	if err := writeCPIO(&buf, entries); err != nil {
+		return nil, fmt.Errorf("guest build: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// buildAgent compiles the embedded agent source as a static linux/amd64
+// binary in a throwaway module. The flags drop paths, symbols and the
+// build id, so the same source and toolchain give the same bytes.
+func buildAgent(ctx context.Context, goBinary string) ([]byte, error) {
+	dir, err := os.MkdirTemp("", "warmpool-agent-")
+	if err != nil {
+		return nil, fmt.Errorf("guest build: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	gomod := "module warmpool.invalid/agent\n\ngo 1.22\n"
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
+		return nil, fmt.Errorf("guest build: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), agentSource, 0o644); err != nil {
+		return nil, fmt.Errorf("guest build: %w", err)
+	}
+
+	out := filepath.Join(dir, "agent")
+	cmd := exec.CommandContext(ctx, goBinary, "build", "-trimpath",
+		"-ldflags=-s -w -buildid=", "-o", out, ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64",
+		"GOFLAGS=", "GOTOOLCHAIN=local", "GOWORK=off")
+	if output, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("guest build: go build agent: %w\n%s", err, output)
+	}
+	return os.ReadFile(out)
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return fmt.Errorf("guest build: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("guest build: %w", err)
+	}
+	return nil
+}
+
+func runOutput(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, name, args...).Output()
+	if err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) && len(exitErr.Stderr) > 0 {
+			return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err,
+				strings.TrimSpace(string(exitErr.Stderr)))
+		}
+		return "", fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
