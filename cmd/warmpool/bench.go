@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/warmpool/warmpool/pool"
+	"github.com/warmpool/warmpool/vm"
+)
+
+func init() {
+	rootCmd.AddCommand(newBenchCmd())
+}
+
+// benchOptions are the flags of warmpool bench.
+type benchOptions struct {
+	provider providerOptions
+	key      vm.StackKey
+	samples  int
+	depth    int
+	json     bool
+	plot     string
+}
+
+func newBenchCmd() *cobra.Command {
+	opts := benchOptions{
+		key:     vm.StackKey{Name: "bench", Version: "1", VCPUs: 1, MemoryMiB: 128},
+		samples: 50,
+		depth:   2,
+	}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Compare restoring a VM on demand with acquiring one from a warm pool",
+		Long: `Measure the cold path (restore a VM from the snapshot until its guest
+replies to a ping, then destroy it off the clock) against the warm path (Acquire from
+a pool filled to --depth, on the same snapshot, in the same run), and print
+p50, p90 and p99 of each and the ratio cold/warm at p50.
+
+The qemu provider builds the guest and the template in the cache directory
+when they are missing, so the command runs on a fresh machine. Every VM it
+starts is destroyed before it exits, also on Ctrl-C.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			if !opts.json {
+				logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			}
+			return runBench(ctx, opts, logger, cmd.OutOrStdout())
+		},
+	}
+	opts.provider.addFlags(cmd)
+	addStackFlags(cmd, &opts.key)
+	cmd.Flags().IntVar(&opts.samples, "samples", opts.samples, "number of measurements of each path")
+	cmd.Flags().IntVar(&opts.depth, "depth", opts.depth, "number of warm VMs the pool keeps")
+	cmd.Flags().BoolVar(&opts.json, "json", false, "print the result as one JSON object")
+	cmd.Flags().StringVar(&opts.plot, "plot", "", "write the CDFs of both paths to FILE (.svg or .png)")
+	return cmd
+}
+
+func (o *benchOptions) validate() error {
+	if o.samples < 1 {
+		return fmt.Errorf("invalid --samples %d: must be at least 1", o.samples)
+	}
+	if o.depth < 1 {
+		return fmt.Errorf("invalid --depth %d: must be at least 1", o.depth)
+	}
+	if o.plot != "" {
+		switch filepath.Ext(o.plot) {
+		case ".svg", ".png":
+		default:
+			return fmt.Errorf("invalid --plot %q: the file name must end in .svg or .png", o.plot)
+		}
+	}
+	if err := o.key.Validate(); err != nil {
+		return err
+	}
+	if o.provider.cacheDir == "" {
+		dir, err := defaultCacheDir()
+		if err != nil {
+			return err
+		}
+		o.provider.cacheDir = dir
+	}
+	return nil
+}
+
+func runBench(ctx context.Context, opts benchOptions, logger *slog.Logger, out io.Writer) error {
+	setup, err := newProvider(ctx, opts.provider, logger)
+	if err != nil {
+		return err
+	}
+	defer setup.close()
+
+	snap, accel, err := benchSnapshot(ctx, setup, opts)
+	if err != nil {
+		return err
+	}
+
+	cold, err := measureCold(ctx, setup.provider, opts, snap)
+	if err != nil {
+		return fmt.Errorf("cold path: %w", err)
+	}
+	warm, pss, err := measureWarm(ctx, setup, opts, snap)
+	if err != nil {
+		return fmt.Errorf("warm path: %w", err)
+	}
+
+	result := summarize(setup.provider.Name(), accel, opts, cold, warm, pss)
+	if opts.plot != "" {
+		if err := plotCDFs(opts.plot, result, cold, warm); err != nil {
+			return fmt.Errorf("plot: %w", err)
+		}
+	}
+	if opts.json {
+		return writeJSON(out, result)
+	}
+	writeTable(out, result)
+	return nil
+}
+
+// benchSnapshot returns the cached snapshot for the bench's stack and
+// guest, and creates it on the first run.
+func benchSnapshot(ctx context.Context, setup *providerSetup, opts benchOptions) (vm.Snapshot, string, error) {
+	k := opts.key
+	name := fmt.Sprintf("%s-%s-%dcpu-%dmib-%s", k.Name, k.Version, k.VCPUs, k.MemoryMiB, setup.cacheKey)
+	dir := filepath.Join(opts.provider.cacheDir, "templates", name)
+
+	if snap, accel, err := setup.loadSnapshot(dir); err == nil {
+		return snap, accel, nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return vm.Snapshot{}, "", err
+	}
+	return setup.createSnapshot(ctx, opts.key, dir)
+}
+
+// measureCold times Provider.Restore, which returns once the guest has
+// replied to a ping. Each VM is destroyed after its sample, off the clock.
+func measureCold(ctx context.Context, p vm.Provider, opts benchOptions, snap vm.Snapshot) ([]time.Duration, error) {
+	bar := newProgressBar(opts.samples, "cold restore")
+	defer bar.Finish()
+
+	samples := make([]time.Duration, 0, opts.samples)
+	for range opts.samples {
+		id := pool.NewVMID(opts.key)
+		start := time.Now()
+		inst, err := p.Restore(ctx, id, opts.key, snap)
+		took := time.Since(start)
+		if err != nil {
+			// Restore cleans up after itself, and this removes whatever a
+			// cancelled one may have left.
+			return nil, errors.Join(err, destroyOffClock(p, vm.Instance{ID: id}))
+		}
+		if err := destroyOffClock(p, inst); err != nil {
+			return nil, err
+		}
+		samples = append(samples, took)
+		bar.Add(1)
+	}
+	return samples, nil
+}
+
+// measureWarm times Pool.Acquire from a pool filled to opts.depth before
+// each sample, then measures the memory of a full set of warm clones. The
+// waits for refills are off the clock.
+func measureWarm(ctx context.Context, setup *providerSetup, opts benchOptions, snap vm.Snapshot) ([]time.Duration, float64, error) {
+	cfg := pool.DefaultConfig()
+	cfg.MinDepth, cfg.MaxDepth = opts.depth, opts.depth
+	cfg.RestoreConcurrency = opts.depth
+	cfg.RefillInterval = 100 * time.Millisecond
+	cfg.BackoffMax = time.Second
+	warmPool, err := pool.New(setup.provider, cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := warmPool.Close(closeCtx); err != nil {
+			fmt.Fprintln(os.Stderr, "warmpool bench: close pool:", err)
+		}
+	}()
+	if err := warmPool.Register(opts.key, snap); err != nil {
+		return nil, 0, err
+	}
+
+	bar := newProgressBar(opts.samples, "warm acquire")
+	samples := make([]time.Duration, 0, opts.samples)
+	for range opts.samples {
+		if err := waitFilled(ctx, warmPool, opts.key, opts.depth); err != nil {
+			return nil, 0, err
+		}
+		start := time.Now()
+		h, err := warmPool.Acquire(ctx, opts.key)
+		took := time.Since(start)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := destroyOffClock(setup.provider, h.Instance); err != nil {
+			return nil, 0, err
+		}
+		samples = append(samples, took)
+		bar.Add(1)
+	}
+	bar.Finish()
+
+	pss, err := measurePSS(ctx, warmPool, setup, opts)
+	if err != nil {
+		return nil, 0, fmt.Errorf("memory: %w", err)
+	}
+	return samples, pss, nil
+}
+
+// measurePSS acquires a full pool of warm clones at once and returns their
+// mean proportional set size in MiB, so pages the clones share with each
+// other are split between them. It returns 0 for a provider without a
+// VMM process.
+func measurePSS(ctx context.Context, warmPool *pool.Pool, setup *providerSetup, opts benchOptions) (float64, error) {
+	if setup.memoryPSS == nil {
+		return 0, nil
+	}
+	if err := waitFilled(ctx, warmPool, opts.key, opts.depth); err != nil {
+		return 0, err
+	}
+
+	var handles []pool.Handle
+	defer func() {
+		for _, h := range handles {
+			destroyOffClock(setup.provider, h.Instance)
+		}
+	}()
+	for range opts.depth {
+		h, err := warmPool.Acquire(ctx, opts.key)
+		if err != nil {
+			return 0, err
+		}
+		handles = append(handles, h)
+	}
+
+	var total int64
+	for _, h := range handles {
+		pss, err := setup.memoryPSS(h.Instance)
+		if err != nil {
+			return 0, err
+		}
+		total += pss
+	}
+	return float64(total) / float64(len(handles)) / (1 << 20), nil
+}
+
+// waitFilled waits until the stack's bucket has depth warm VMs. It returns
+// an error when ctx ends or a restore fails, with the pool's last error.
+func waitFilled(ctx context.Context, warmPool *pool.Pool, key vm.StackKey, depth int) error {
+	ticker := time.NewTicker(5 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		for _, b := range warmPool.Stats().Buckets {
+			if b.Key != key {
+				continue
+			}
+			if b.Warm >= depth {
+				return nil
+			}
+			if b.RestoresFailed > 0 {
+				return fmt.Errorf("restore failed: %s", b.LastError)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+// destroyOffClock destroys a VM with its own deadline, so that it also
+// runs after the bench's context is cancelled by Ctrl-C.
+func destroyOffClock(p vm.Provider, inst vm.Instance) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Destroy(ctx, inst); err != nil {
+		return fmt.Errorf("destroy %s: %w", inst.ID, err)
+	}
+	return nil
+}
+
+// newProgressBar returns a progress bar on stderr, or one that draws
+// nothing when stderr is not a terminal.
+func newProgressBar(total int, description string) *progressbar.ProgressBar {
+	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err != nil {
+		return progressbar.DefaultSilent(int64(total))
+	}
+	return progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(description),
+		progressbar.OptionShowCount(),
+		progressbar.OptionThrottle(50*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+}
