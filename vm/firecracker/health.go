@@ -1,0 +1,160 @@
+package firecracker
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The guest agent protocol. The host opens a connection through
+// Firecracker's vsock socket with "CONNECT <agent port>\n", Firecracker
+// answers "OK <port>\n", and then each "PING <token>\n" gets "PONG <token>\n"
+// from the agent. The agent also connects to the host on the heartbeat port
+// (Firecracker forwards it to "<vsock socket>_<port>") and writes a line at
+// least once per heartbeat timeout.
+
+// heartbeatListener accepts the guest's heartbeat connections and records
+// the time of the last line received.
+type heartbeatListener struct {
+	ln   net.Listener
+	last atomic.Int64 // unix nanoseconds of the last heartbeat, 0 before the first
+	wg   sync.WaitGroup
+}
+
+// listenHeartbeats listens on path, replacing a stale socket file left by
+// a previous owner. uid and gid, when not negative, become the socket's
+// owner so a jailed Firecracker can connect to it.
+func listenHeartbeats(path string, uid, gid int) (*heartbeatListener, error) {
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen for heartbeats: %w", err)
+	}
+	if uid >= 0 {
+		if err := os.Chown(path, uid, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen for heartbeats: %w", err)
+		}
+	}
+	h := &heartbeatListener{ln: ln}
+	h.wg.Add(1)
+	go h.accept()
+	return h, nil
+}
+
+func (h *heartbeatListener) accept() {
+	defer h.wg.Done()
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		conn, err := h.ln.Accept()
+		if err != nil {
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			h.read(conn)
+		}()
+	}
+}
+
+func (h *heartbeatListener) read(conn net.Conn) {
+	defer conn.Close()
+	scanner := bufio.NewScanner(conn)
+	for scanner.Scan() {
+		h.last.Store(time.Now().UnixNano())
+	}
+}
+
+// lastHeartbeat returns the time of the last heartbeat, zero before the first.
+func (h *heartbeatListener) lastHeartbeat() time.Time {
+	n := h.last.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// close stops accepting and waits for open connections to end. Connections
+// end when the VMM exits, so call close after the process is gone, or the
+// guest's connection keeps it waiting.
+func (h *heartbeatListener) close() {
+	h.ln.Close()
+	h.wg.Wait()
+}
+
+// closeNow stops accepting without waiting for open connections.
+func (h *heartbeatListener) closeNow() { h.ln.Close() }
+
+var pingCounter atomic.Uint64
+
+// ping performs one agent round trip through the vsock socket at udsPath,
+// bounded by ctx.
+func ping(ctx context.Context, udsPath string, port uint32) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", udsPath)
+	if err != nil {
+		return fmt.Errorf("guest ping: %w", err)
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	r := bufio.NewReader(conn)
+	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
+		return fmt.Errorf("guest ping: connect to port %d: %w", port, err)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("guest ping: connect to port %d: no answer from the vsock device: %w", port, err)
+	}
+	if !strings.HasPrefix(line, "OK ") {
+		return fmt.Errorf("guest ping: connect to port %d: unexpected reply %q", port, strings.TrimSpace(line))
+	}
+
+	token := strconv.FormatUint(pingCounter.Add(1), 10)
+	if _, err := fmt.Fprintf(conn, "PING %s\n", token); err != nil {
+		return fmt.Errorf("guest ping: %w", err)
+	}
+	line, err = r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("guest ping: no reply from the guest agent: %w", err)
+	}
+	if got := strings.TrimSpace(line); got != "PONG "+token {
+		return fmt.Errorf("guest ping: unexpected reply %q, want %q", got, "PONG "+token)
+	}
+	return nil
+}
+
+// waitHealthy pings until the guest answers or ctx ends, and returns the
+// last ping error on timeout.
+func waitHealthy(ctx context.Context, p *process, udsPath string, port uint32) error {
+	var last error
+	for {
+		attempt, cancel := context.WithTimeout(ctx, time.Second)
+		last = ping(attempt, udsPath, port)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		if !p.alive() {
+			return p.exitError()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest health check timed out: %w (last attempt: %v)", ctx.Err(), last)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
