@@ -110,6 +110,11 @@ func New(reg prometheus.Registerer, clock clockwork.Clock) *Recorder {
 // one of OutcomeHit, OutcomeMiss, OutcomeCold or OutcomeError. Any other
 // value panics, because it is a programming error that would otherwise
 // create a stray label value.
+//
+// NOTE: each distinct key adds series that are never removed, so callers
+// should pass only registered stacks. A key taken from a request that the
+// pool rejected with ErrUnknownStack lets clients grow the metrics without
+// bound.
 func (r *Recorder) ObserveAcquire(key vm.StackKey, outcome string, took time.Duration) {
 	switch outcome {
 	case OutcomeHit, OutcomeMiss, OutcomeCold, OutcomeError:
@@ -173,6 +178,22 @@ func (r *Recorder) destroyed(inst vm.Instance, took time.Duration, err error) {
 		VMID:  inst.ID,
 		Error: err.Error(),
 	})
+}
+
+// ForgetStack deletes every series of key, so that a stack that was
+// unregistered stops showing in queries. Recent events of the stack stay in
+// the ring until newer events push them out.
+func (r *Recorder) ForgetStack(key vm.StackKey) {
+	labels := prometheus.Labels{
+		"stack":      key.Name,
+		"version":    key.Version,
+		"vcpus":      strconv.Itoa(key.VCPUs),
+		"memory_mib": strconv.Itoa(key.MemoryMiB),
+	}
+	r.acquireDuration.DeletePartialMatch(labels)
+	r.restoreDuration.DeletePartialMatch(labels)
+	r.destroyDuration.DeletePartialMatch(labels)
+	r.restoreBackoff.DeletePartialMatch(labels)
 }
 
 // RecentEvents returns the most recent evictions and failures, newest

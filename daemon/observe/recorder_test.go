@@ -210,6 +210,48 @@ func TestRecorderAndCollectorShareRegistry(t *testing.T) {
 	}
 }
 
+func TestForgetStackDeletesOnlyItsSeries(t *testing.T) {
+	rec, reg, _ := newTestRecorder(t)
+	hooks := rec.PoolHooks()
+	for _, key := range []vm.StackKey{pythonKey, nodeKey} {
+		inst := vm.Instance{ID: key.Name + "-1", Stack: key}
+		rec.ObserveAcquire(key, OutcomeHit, time.Microsecond)
+		hooks.Restored(inst, time.Millisecond)
+		hooks.RestoreFailed(key.Name+"-2", key, errors.New("restore failed"), time.Millisecond, time.Second)
+		hooks.Destroyed(inst, time.Millisecond, nil)
+	}
+	pythonSeries := func() int {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("gather: %v", err)
+		}
+		count := 0
+		for _, family := range families {
+			for _, metric := range family.GetMetric() {
+				if labelsInclude(metric.GetLabel(), map[string]string{"stack": "python"}) {
+					count++
+				}
+			}
+		}
+		return count
+	}
+	if got := pythonSeries(); got != 5 {
+		t.Fatalf("python series before ForgetStack = %d, want 5", got)
+	}
+
+	rec.ForgetStack(pythonKey)
+
+	if got := pythonSeries(); got != 0 {
+		t.Errorf("python series after ForgetStack = %d, want 0", got)
+	}
+	if got := testutil.CollectAndCount(rec.acquireDuration); got != 1 {
+		t.Errorf("acquire series after ForgetStack = %d, want 1 (node)", got)
+	}
+	if got := testutil.CollectAndCount(rec.restoreBackoff); got != 1 {
+		t.Errorf("backoff series after ForgetStack = %d, want 1 (node)", got)
+	}
+}
+
 func TestPoolHooksRecordEvents(t *testing.T) {
 	rec, _, clock := newTestRecorder(t)
 	hooks := rec.PoolHooks()
