@@ -32,6 +32,9 @@ type benchOptions struct {
 	depth    int
 	json     bool
 	plot     string
+	// snapshotDir is the snapshot to restore from. Empty means a cached
+	// template under the cache directory.
+	snapshotDir string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -72,6 +75,8 @@ starts is destroyed before it exits, also on Ctrl-C.`,
 	cmd.Flags().IntVar(&opts.depth, "depth", opts.depth, "number of warm VMs the pool keeps")
 	cmd.Flags().BoolVar(&opts.json, "json", false, "print the result as one JSON object")
 	cmd.Flags().StringVar(&opts.plot, "plot", "", "write the CDFs of both paths to FILE (.svg or .png)")
+	cmd.Flags().StringVar(&opts.snapshotDir, "snapshot", "",
+		"snapshot directory to restore from, created when missing (default: a template cached under --cache-dir)")
 	return cmd
 }
 
@@ -91,6 +96,13 @@ func (o *benchOptions) validate() error {
 	}
 	if err := o.key.Validate(); err != nil {
 		return err
+	}
+	if o.snapshotDir != "" {
+		abs, err := filepath.Abs(o.snapshotDir)
+		if err != nil {
+			return fmt.Errorf("invalid --snapshot %q: %w", o.snapshotDir, err)
+		}
+		o.snapshotDir = abs
 	}
 	if o.provider.cacheDir == "" {
 		dir, err := defaultCacheDir()
@@ -136,18 +148,29 @@ func runBench(ctx context.Context, opts benchOptions, logger *slog.Logger, out i
 	return nil
 }
 
-// benchSnapshot returns the cached snapshot for the bench's stack and
-// guest, and creates it on the first run.
+// benchSnapshot returns the snapshot in opts.snapshotDir, or the cached
+// one for the bench's stack and guest, and creates it when it is missing.
+// A cached directory that holds no complete snapshot is replaced, but a
+// directory named by --snapshot never is.
 func benchSnapshot(ctx context.Context, setup *providerSetup, opts benchOptions) (vm.Snapshot, string, error) {
-	k := opts.key
-	name := fmt.Sprintf("%s-%s-%dcpu-%dmib-%s", k.Name, k.Version, k.VCPUs, k.MemoryMiB, setup.cacheKey)
-	dir := filepath.Join(opts.provider.cacheDir, "templates", name)
+	dir := opts.snapshotDir
+	if dir == "" {
+		k := opts.key
+		name := fmt.Sprintf("%s-%s-%dcpu-%dmib-%s", k.Name, k.Version, k.VCPUs, k.MemoryMiB, setup.cacheKey)
+		dir = filepath.Join(opts.provider.cacheDir, "templates", name)
+	}
 
-	if snap, accel, err := setup.loadSnapshot(dir); err == nil {
+	snap, accel, err := setup.loadSnapshot(dir)
+	if err == nil {
 		return snap, accel, nil
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return vm.Snapshot{}, "", err
+	if _, statErr := os.Stat(dir); statErr == nil {
+		if opts.snapshotDir != "" {
+			return vm.Snapshot{}, "", fmt.Errorf("--snapshot %s: %w", dir, err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return vm.Snapshot{}, "", err
+		}
 	}
 	return setup.createSnapshot(ctx, opts.key, dir)
 }

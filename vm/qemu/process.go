@@ -209,7 +209,7 @@ func verifyProcess(pid int, id string) error {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
 	args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
-	if !strings.Contains(filepath.Base(args[0]), "qemu") {
+	if base := filepath.Base(args[0]); !strings.HasPrefix(base, "qemu-system-") && base != "qemu-kvm" {
 		return fmt.Errorf("pid %d is %q, not a QEMU process", pid, args[0])
 	}
 	if !slices.Contains(args, "guest="+processName(id)) {
