@@ -13,6 +13,7 @@ package observe
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -62,9 +63,22 @@ type Recorder struct {
 	events *eventRing
 
 	acquireDuration *prometheus.HistogramVec
+	// acquireObservers caches the child of acquireDuration for each
+	// acquireSeries, because WithLabelValues formats and hashes the labels
+	// on every call and costs several times a warm acquire.
+	acquireObservers sync.Map
+	// forgetMu serializes inserts into acquireObservers with ForgetStack, so
+	// that ForgetStack cannot leave a deleted child in the cache.
+	forgetMu        sync.Mutex
 	restoreDuration *prometheus.HistogramVec
 	destroyDuration *prometheus.HistogramVec
 	restoreBackoff  *prometheus.GaugeVec
+}
+
+// acquireSeries identifies one child of the acquire histogram.
+type acquireSeries struct {
+	key     vm.StackKey
+	outcome string
 }
 
 // New creates a Recorder and registers its metrics on reg. It panics if reg
@@ -121,7 +135,20 @@ func (r *Recorder) ObserveAcquire(key vm.StackKey, outcome string, took time.Dur
 	default:
 		panic(fmt.Sprintf("observe: invalid acquire outcome %q: use hit, miss, cold or error", outcome))
 	}
-	r.acquireDuration.WithLabelValues(labelValues(key, outcome)...).Observe(took.Seconds())
+	r.acquireObserver(key, outcome).Observe(took.Seconds())
+}
+
+func (r *Recorder) acquireObserver(key vm.StackKey, outcome string) prometheus.Observer {
+	series := acquireSeries{key: key, outcome: outcome}
+	if observer, ok := r.acquireObservers.Load(series); ok {
+		return observer.(prometheus.Observer)
+	}
+
+	r.forgetMu.Lock()
+	defer r.forgetMu.Unlock()
+	observer := r.acquireDuration.WithLabelValues(labelValues(key, outcome)...)
+	r.acquireObservers.Store(series, observer)
+	return observer
 }
 
 // PoolHooks returns hooks that observe restore and destroy latencies and
@@ -181,9 +208,20 @@ func (r *Recorder) destroyed(inst vm.Instance, took time.Duration, err error) {
 }
 
 // ForgetStack deletes every series of key, so that a stack that was
-// unregistered stops showing in queries. Recent events of the stack stay in
-// the ring until newer events push them out.
+// unregistered stops showing in queries. An acquire of key that runs at the
+// same time may still be counted in the deleted series and so be lost.
+// Recent events of the stack stay in the ring until newer events push them
+// out.
 func (r *Recorder) ForgetStack(key vm.StackKey) {
+	r.forgetMu.Lock()
+	defer r.forgetMu.Unlock()
+	r.acquireObservers.Range(func(cached, _ any) bool {
+		if cached.(acquireSeries).key == key {
+			r.acquireObservers.Delete(cached)
+		}
+		return true
+	})
+
 	labels := prometheus.Labels{
 		"stack":      key.Name,
 		"version":    key.Version,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,6 +250,43 @@ func TestForgetStackDeletesOnlyItsSeries(t *testing.T) {
 	}
 	if got := testutil.CollectAndCount(rec.restoreBackoff); got != 1 {
 		t.Errorf("backoff series after ForgetStack = %d, want 1 (node)", got)
+	}
+
+	// A later acquire of the forgotten stack must land in a new, exported
+	// series, not in the deleted one.
+	rec.ObserveAcquire(pythonKey, OutcomeHit, time.Microsecond)
+	hits := histogram(t, reg, "warmpool_acquire_duration_seconds", map[string]string{"stack": "python", "outcome": "hit"})
+	if got := hits.GetSampleCount(); got != 1 {
+		t.Errorf("python hits after ForgetStack and one acquire = %d, want 1", got)
+	}
+}
+
+// TestForgetStackDuringAcquires is meant for -race: it checks that the
+// acquire cache and ForgetStack share no unguarded state.
+func TestForgetStackDuringAcquires(t *testing.T) {
+	rec, reg, _ := newTestRecorder(t)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 2000 {
+				rec.ObserveAcquire(pythonKey, OutcomeHit, time.Microsecond)
+			}
+		})
+	}
+	for range 50 {
+		rec.ForgetStack(pythonKey)
+	}
+	wg.Wait()
+
+	// Whatever the interleaving, the cache must now hold an exported child.
+	before := testutil.CollectAndCount(rec.acquireDuration)
+	rec.ObserveAcquire(pythonKey, OutcomeHit, time.Microsecond)
+	hits := histogram(t, reg, "warmpool_acquire_duration_seconds", map[string]string{"stack": "python", "outcome": "hit"})
+	if hits.GetSampleCount() == 0 {
+		t.Error("acquire after concurrent ForgetStack calls was not exported")
+	}
+	if before > 1 {
+		t.Errorf("acquire series = %d, want at most 1", before)
 	}
 }
 
