@@ -92,12 +92,18 @@ type ErrorResponse struct {
 type apiError struct {
 	status int
 	msg    string
+	cause  error // optional, for errors.Is
 }
 
 func (e *apiError) Error() string { return e.msg }
 
+func (e *apiError) Unwrap() error { return e.cause }
+
+// errUnknownStack marks the API error of a request for an unknown stack.
+var errUnknownStack = errors.New("unknown stack")
+
 func badRequest(format string, args ...any) *apiError {
-	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+	return &apiError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
 // Handler returns the daemon's HTTP API.
@@ -110,7 +116,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/vms", d.handleListVMs)
 	mux.HandleFunc("DELETE /v1/vms/{id}", d.handleDestroy)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &apiError{http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
+		writeError(w, &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -135,7 +141,7 @@ func (d *Daemon) recoverPanics(next http.Handler) http.Handler {
 			}
 			d.log.Error("panic in HTTP handler", "method", r.Method, "path", r.URL.Path,
 				"error", fmt.Sprint(p), "stack", string(debug.Stack()))
-			writeError(w, &apiError{http.StatusInternalServerError, "internal error: see the daemon log"})
+			writeError(w, &apiError{status: http.StatusInternalServerError, msg: "internal error: see the daemon log"})
 		}()
 		next.ServeHTTP(w, r)
 	})
@@ -143,7 +149,7 @@ func (d *Daemon) recoverPanics(next http.Handler) http.Handler {
 
 func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request) {
 	if !d.ready.Load() {
-		writeError(w, &apiError{http.StatusServiceUnavailable, "not ready: starting or stopping"})
+		writeError(w, &apiError{status: http.StatusServiceUnavailable, msg: "not ready: starting or stopping"})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -157,7 +163,11 @@ func (d *Daemon) handleAcquire(w http.ResponseWriter, r *http.Request) {
 	}
 	start := d.clock.Now()
 	rec, outcome, err := d.acquire(r.Context(), req)
-	d.recorder.ObserveAcquire(req.Stack, outcome, d.clock.Since(start))
+	// A key the pool does not know is not observed, so that requests
+	// cannot add metric series without bound.
+	if !errors.Is(err, errUnknownStack) {
+		d.recorder.ObserveAcquire(req.Stack, outcome, d.clock.Since(start))
+	}
 	if err != nil {
 		writeError(w, err)
 		return
@@ -189,7 +199,7 @@ func (d *Daemon) acquire(ctx context.Context, req AcquireRequest) (state.Record,
 	rec := state.Record{Instance: handle.Instance, State: state.HandedOut, UpdatedAt: handle.AcquiredAt}
 	if err := d.store.Put(rec); err != nil {
 		d.destroyUnrecorded(rec.Instance, err)
-		return state.Record{}, "error", &apiError{http.StatusInternalServerError, "record handed-out VM: " + err.Error()}
+		return state.Record{}, "error", &apiError{status: http.StatusInternalServerError, msg: "record handed-out VM: " + err.Error()}
 	}
 	return rec, "hit", nil
 }
@@ -204,7 +214,7 @@ func (d *Daemon) acquireCold(ctx context.Context, key vm.StackKey) (state.Record
 	rec := state.Record{Instance: vm.Instance{ID: id, Stack: key, Snapshot: snap},
 		State: state.Restoring, UpdatedAt: d.clock.Now()}
 	if err := d.store.Put(rec); err != nil {
-		return state.Record{}, "error", &apiError{http.StatusInternalServerError, "record cold restore: " + err.Error()}
+		return state.Record{}, "error", &apiError{status: http.StatusInternalServerError, msg: "record cold restore: " + err.Error()}
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, d.config().Pool.RestoreTimeout)
@@ -216,14 +226,14 @@ func (d *Daemon) acquireCold(ctx context.Context, key vm.StackKey) (state.Record
 			d.log.Error("delete record failed", "vm_id", id, "stack", key.String(), "error", derr)
 		}
 		d.log.Warn("cold restore failed", "vm_id", id, "stack", key.String(), "error", err)
-		return state.Record{}, "error", &apiError{http.StatusServiceUnavailable,
-			fmt.Sprintf("cold restore of %s failed: %v", key, err)}
+		return state.Record{}, "error", &apiError{status: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("cold restore of %s failed: %v", key, err)}
 	}
 
 	rec = state.Record{Instance: inst, State: state.HandedOut, UpdatedAt: d.clock.Now()}
 	if err := d.store.Put(rec); err != nil {
 		d.destroyUnrecorded(inst, err)
-		return state.Record{}, "error", &apiError{http.StatusInternalServerError, "record handed-out VM: " + err.Error()}
+		return state.Record{}, "error", &apiError{status: http.StatusInternalServerError, msg: "record handed-out VM: " + err.Error()}
 	}
 	return rec, "cold", nil
 }
@@ -251,16 +261,19 @@ func outcomeFor(err error) string {
 func acquireError(key vm.StackKey, err error) error {
 	switch {
 	case errors.Is(err, pool.ErrUnknownStack):
-		return &apiError{http.StatusNotFound, fmt.Sprintf("unknown stack %s: register it first", key)}
+		return &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown stack %s: register it first", key),
+			cause: errUnknownStack}
 	case errors.Is(err, pool.ErrEmpty):
-		return &apiError{http.StatusServiceUnavailable,
-			fmt.Sprintf("no warm VM for stack %s: retry later, or set wait_ms or cold_fallback", key)}
+		return &apiError{status: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("no warm VM for stack %s: retry later, or set wait_ms or cold_fallback", key)}
 	case errors.Is(err, pool.ErrClosed):
-		return &apiError{http.StatusServiceUnavailable, "pool is closed: the daemon is stopping"}
+		return &apiError{status: http.StatusServiceUnavailable, msg: "pool is closed: the daemon is stopping"}
 	case errors.Is(err, context.Canceled):
-		return &apiError{499, "request canceled"}
+		// 499 is the status nginx logs for a client that closed the
+		// connection. The client is gone, so nobody reads it.
+		return &apiError{status: 499, msg: "request canceled"}
 	}
-	return &apiError{http.StatusInternalServerError, err.Error()}
+	return &apiError{status: http.StatusInternalServerError, msg: err.Error()}
 }
 
 func (d *Daemon) handlePools(w http.ResponseWriter, r *http.Request) {
@@ -304,7 +317,7 @@ func (d *Daemon) handleRegister(w http.ResponseWriter, r *http.Request) {
 	err = d.pool.Register(sc.Key, sc.snapshot(d.provider.Name()), pool.WithDepth(minDepth, maxDepth))
 	switch {
 	case errors.Is(err, pool.ErrAlreadyRegistered):
-		writeError(w, &apiError{http.StatusConflict, fmt.Sprintf("stack %s is already registered: unregister it first", sc.Key)})
+		writeError(w, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("stack %s is already registered: unregister it first", sc.Key)})
 		return
 	case errors.Is(err, pool.ErrClosed):
 		writeError(w, acquireError(sc.Key, err))
@@ -325,13 +338,14 @@ func (d *Daemon) handleUnregister(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := d.pool.Unregister(r.Context(), key); err != nil {
 		if errors.Is(err, pool.ErrUnknownStack) {
-			writeError(w, &apiError{http.StatusNotFound, fmt.Sprintf("unknown stack %s", key)})
+			writeError(w, &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown stack %s", key)})
 			return
 		}
 		d.log.Error("unregister stack failed", "stack", key.String(), "error", err)
-		writeError(w, &apiError{http.StatusInternalServerError, err.Error()})
+		writeError(w, &apiError{status: http.StatusInternalServerError, msg: err.Error()})
 		return
 	}
+	d.recorder.ForgetStack(key)
 	d.log.Info("stack unregistered", "stack", key.String())
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -357,7 +371,7 @@ func (d *Daemon) handleListVMs(w http.ResponseWriter, r *http.Request) {
 	recs, err := d.store.ListState(state.HandedOut)
 	if err != nil {
 		d.log.Error("list handed-out VMs failed", "error", err)
-		writeError(w, &apiError{http.StatusInternalServerError, err.Error()})
+		writeError(w, &apiError{status: http.StatusInternalServerError, msg: err.Error()})
 		return
 	}
 	if recs == nil {
@@ -373,18 +387,18 @@ func (d *Daemon) handleDestroy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !d.startDestroy(id) {
-		writeError(w, &apiError{http.StatusConflict, fmt.Sprintf("VM %s is already being destroyed", id)})
+		writeError(w, &apiError{status: http.StatusConflict, msg: fmt.Sprintf("VM %s is already being destroyed", id)})
 		return
 	}
 	defer d.endDestroy(id)
 
 	rec, err := d.store.Get(id)
 	if errors.Is(err, state.ErrNotFound) || (err == nil && rec.State != state.HandedOut) {
-		writeError(w, &apiError{http.StatusNotFound, fmt.Sprintf("no handed-out VM with id %s", id)})
+		writeError(w, &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("no handed-out VM with id %s", id)})
 		return
 	}
 	if err != nil {
-		writeError(w, &apiError{http.StatusInternalServerError, err.Error()})
+		writeError(w, &apiError{status: http.StatusInternalServerError, msg: err.Error()})
 		return
 	}
 
@@ -393,7 +407,7 @@ func (d *Daemon) handleDestroy(w http.ResponseWriter, r *http.Request) {
 	cancel()
 	if err != nil {
 		d.log.Error("destroy failed", "vm_id", id, "stack", rec.Stack.String(), "error", err)
-		writeError(w, &apiError{http.StatusInternalServerError, fmt.Sprintf("destroy VM %s: %v: the VM stays listed, retry", id, err)})
+		writeError(w, &apiError{status: http.StatusInternalServerError, msg: fmt.Sprintf("destroy VM %s: %v: the VM stays listed, retry", id, err)})
 		return
 	}
 	if err := d.store.Delete(id); err != nil {
@@ -450,7 +464,7 @@ func decodeRegisterRequest(body []byte, readErr error) (RegisterRequest, error) 
 func decodeJSON(body []byte, readErr error, v any) error {
 	var tooLarge *http.MaxBytesError
 	if errors.As(readErr, &tooLarge) {
-		return &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
+		return &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)}
 	}
 	if readErr != nil {
 		return badRequest("read request body: %v", readErr)
@@ -500,7 +514,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func writeError(w http.ResponseWriter, err error) {
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		ae = &apiError{http.StatusInternalServerError, err.Error()}
+		ae = &apiError{status: http.StatusInternalServerError, msg: err.Error()}
 	}
 	writeJSON(w, ae.status, ErrorResponse{Error: ae.msg})
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -34,7 +35,8 @@ type Config struct {
 	Provider ProviderConfig `yaml:"provider"`
 	Pool     PoolConfig     `yaml:"pool"`
 	Listen   ListenConfig   `yaml:"listen"`
-	// StateDir is the directory of the VM record store (state.db).
+	// StateDir is the directory of the VM record store (state.db). Like
+	// listen.socket and snapshot paths, it may start with "~/".
 	StateDir string `yaml:"state_dir"`
 	// ShutdownTimeout bounds the pool's shutdown on SIGTERM or SIGINT.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
@@ -196,11 +198,34 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("%s: contains more than one YAML document: keep only one", name)
 	}
 
+	if err := cfg.expandHome(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	cfg.Provider.setDefaults(cfg.StateDir)
 	if errs := cfg.validate(); len(errs) > 0 {
 		return nil, formatFieldErrors(name, errs, checker.positions)
 	}
 	return &cfg, nil
+}
+
+// expandHome replaces a leading "~/" in state_dir, listen.socket and each
+// snapshot path with the home directory of the user running the daemon.
+func (c *Config) expandHome() error {
+	paths := []*string{&c.StateDir, &c.Listen.Socket}
+	for i := range c.Stacks {
+		paths = append(paths, &c.Stacks[i].Snapshot.Path)
+	}
+	for _, p := range paths {
+		if !strings.HasPrefix(*p, "~/") {
+			continue
+		}
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return fmt.Errorf("expand %q: %w", *p, err)
+		}
+		*p = filepath.Join(home, (*p)[2:])
+	}
+	return nil
 }
 
 // formatFieldErrors joins errs into one error. A field without a position of

@@ -64,6 +64,9 @@ type Daemon struct {
 	socketPath string
 	serveDone  chan struct{}
 	serveErr   error
+
+	shutdownOnce sync.Once
+	shutdownErr  error
 }
 
 // Start opens the record store, builds the provider and the pool, recovers
@@ -209,8 +212,14 @@ func (d *Daemon) Done() <-chan struct{} { return d.serveDone }
 // Shutdown stops accepting requests, waits for requests in progress, closes
 // the pool (destroying its warm VMs) and the record store. Handed-out VMs
 // keep running and stay recorded. The pool gets the config's
-// shutdown_timeout unless ctx ends sooner.
+// shutdown_timeout unless ctx ends sooner. Calls after the first return
+// the first call's result.
 func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.shutdownOnce.Do(func() { d.shutdownErr = d.shutdown(ctx) })
+	return d.shutdownErr
+}
+
+func (d *Daemon) shutdown(ctx context.Context) error {
 	d.ready.Store(false)
 	d.log.Info("daemon stopping")
 	var errs []error

@@ -11,6 +11,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/warmpool/warmpool/vm"
+	"github.com/warmpool/warmpool/vm/firecracker"
 	"github.com/warmpool/warmpool/vm/qemu"
 	"github.com/warmpool/warmpool/vm/sim"
 )
@@ -19,18 +20,20 @@ import (
 // only the section of that kind may be set.
 type ProviderConfig struct {
 	// Kind is sim, qemu or firecracker.
-	Kind string       `yaml:"kind"`
-	Sim  *sim.Config  `yaml:"sim"`
-	QEMU *qemu.Config `yaml:"qemu"`
+	Kind        string              `yaml:"kind"`
+	Sim         *sim.Config         `yaml:"sim"`
+	QEMU        *qemu.Config        `yaml:"qemu"`
+	Firecracker *firecracker.Config `yaml:"firecracker"`
 }
 
 var reflectConfigType = reflect.TypeFor[Config]()
 
 // providerKinds lists the accepted values of provider.kind.
-var providerKinds = []string{"sim", "qemu"}
+var providerKinds = []string{"sim", "qemu", "firecracker"}
 
-// setDefaults fills the section of the selected kind. A qemu provider
-// without a state_dir keeps its VMs under the daemon's state_dir, in vms.
+// setDefaults fills the section of the selected kind. A qemu or firecracker
+// provider without a state_dir keeps its VMs under the daemon's state_dir,
+// in vms or fc.
 func (p *ProviderConfig) setDefaults(stateDir string) {
 	switch p.Kind {
 	case "sim":
@@ -45,6 +48,15 @@ func (p *ProviderConfig) setDefaults(stateDir string) {
 		if p.QEMU.StateDir == "" && stateDir != "" {
 			p.QEMU.StateDir = filepath.Join(stateDir, "vms")
 		}
+	case "firecracker":
+		if p.Firecracker == nil {
+			p.Firecracker = &firecracker.Config{}
+		}
+		if p.Firecracker.StateDir == "" && stateDir != "" {
+			p.Firecracker.StateDir = filepath.Join(stateDir, "fc")
+		}
+		filled := p.Firecracker.WithDefaults()
+		p.Firecracker = &filled
 	}
 }
 
@@ -52,7 +64,7 @@ func (p ProviderConfig) validate() []fieldError {
 	var errs []fieldError
 	add := func(path, msg string) { errs = append(errs, fieldError{path: path, msg: msg}) }
 
-	sections := map[string]bool{"sim": p.Sim != nil, "qemu": p.QEMU != nil}
+	sections := map[string]bool{"sim": p.Sim != nil, "qemu": p.QEMU != nil, "firecracker": p.Firecracker != nil}
 	for name, set := range sections {
 		if set && name != p.Kind {
 			add("provider."+name, fmt.Sprintf("set, but provider.kind is %q: remove it or change kind", p.Kind))
@@ -65,6 +77,8 @@ func (p ProviderConfig) validate() []fieldError {
 		section = p.Sim
 	case "qemu":
 		section = p.QEMU
+	case "firecracker":
+		section = p.Firecracker
 	default:
 		add("provider.kind", fmt.Sprintf("invalid value %q: use one of %s", p.Kind, strings.Join(providerKinds, ", ")))
 		return errs
@@ -116,6 +130,14 @@ func (p ProviderConfig) build(log *slog.Logger, clock clockwork.Clock) (vm.Provi
 		provider, err := qemu.New(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("create qemu provider: %w", err)
+		}
+		return provider, nil
+	case "firecracker":
+		cfg := *p.Firecracker
+		cfg.Detached = true
+		provider, err := firecracker.New(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("create firecracker provider: %w", err)
 		}
 		return provider, nil
 	}

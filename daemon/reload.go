@@ -157,6 +157,7 @@ func (d *Daemon) unregister(ctx context.Context, key vm.StackKey) error {
 		d.log.Error("reload: unregister stack failed", "stack", key.String(), "error", err)
 		return fmt.Errorf("unregister %s: %w", key, err)
 	}
+	d.recorder.ForgetStack(key)
 	d.log.Info("reload: stack unregistered", "stack", key.String())
 	return nil
 }
