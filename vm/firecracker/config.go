@@ -23,8 +23,8 @@ const (
 type Config struct {
 	// FirecrackerBin is the firecracker executable.
 	FirecrackerBin string `yaml:"firecracker_bin"`
-	// StateDir contains one directory per VM (vms/<id>) and the template
-	// VMs. Unix socket paths are built under it, so keep it short.
+	// StateDir contains one directory per VM (vms/<id>), template VMs
+	// included.
 	StateDir string `yaml:"state_dir"`
 	// Jailer, when set, starts every VM through the Firecracker jailer.
 	Jailer *JailerConfig `yaml:"jailer,omitempty"`
@@ -87,10 +87,6 @@ const (
 	DefaultSocketTimeout    = 5 * time.Second
 	DefaultAPITimeout       = 5 * time.Second
 )
-
-// maxSocketPath is the longest unix socket path Linux accepts (sun_path is
-// 108 bytes with the terminating NUL).
-const maxSocketPath = 107
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -167,18 +163,5 @@ func (c Config) Validate() error {
 			add("invalid jailer.cgroup_version %d: use 1 or 2", j.CgroupVersion)
 		}
 	}
-	if len(errs) == 0 {
-		if n := len(c.longestSocketPath()); n > maxSocketPath {
-			add("state_dir %q is too long: socket paths under it reach %d bytes, the limit is %d", c.StateDir, n, maxSocketPath)
-		}
-	}
 	return errors.Join(errs...)
-}
-
-// longestSocketPath returns the longest unix socket path the provider
-// creates, for a VM id of the maximum length.
-func (c Config) longestSocketPath() string {
-	id := string(make([]byte, 64))
-	dir := c.vmDir(id)
-	return filepath.Join(dir, fmt.Sprintf("%s_%d", vsockName, c.HeartbeatPort))
 }

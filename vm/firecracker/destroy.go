@@ -60,10 +60,11 @@ func (p *Provider) recover(inst vm.Instance) *machine {
 
 // ownsProcess reports whether pid runs this provider's VMM for id.
 func (p *Provider) ownsProcess(pid int, id string) bool {
-	if p.cfg.Jailer != nil {
-		return processMatches(pid, "--id", id, "/"+apiSocketName)
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil || cwd != p.cfg.vmDir(id) {
+		return false
 	}
-	return processMatches(pid, "--id", id, filepath.Join(p.cfg.vmDir(id), apiSocketName))
+	return processMatches(pid, "--id", id)
 }
 
 // teardown stops the process and removes everything m records. It keeps

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/warmpool/warmpool/vm/firecracker/api"
 )
 
 // The guest agent protocol. The host opens a connection through
@@ -33,7 +35,12 @@ type heartbeatListener struct {
 // owner so a jailed Firecracker can connect to it.
 func listenHeartbeats(path string, uid, gid int) (*heartbeatListener, error) {
 	os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	short, release, err := api.ShortSocketPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("listen for heartbeats: %w", err)
+	}
+	ln, err := net.Listen("unix", short)
+	release()
 	if err != nil {
 		return nil, fmt.Errorf("listen for heartbeats: %w", err)
 	}
@@ -99,8 +106,7 @@ var pingCounter atomic.Uint64
 // ping performs one agent round trip through the vsock socket at udsPath,
 // bounded by ctx.
 func ping(ctx context.Context, udsPath string, port uint32) error {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", udsPath)
+	conn, err := api.DialUnix(ctx, udsPath)
 	if err != nil {
 		return fmt.Errorf("guest ping: %w", err)
 	}

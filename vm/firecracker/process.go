@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warmpool/warmpool/vm/firecracker/api"
 )
 
 // ringBuffer keeps the last size bytes written to it.
@@ -158,7 +159,9 @@ func (c Config) command(spec spawnSpec) *exec.Cmd {
 		cmd.Dir = "/"
 		return cmd
 	}
-	cmd := exec.Command(c.FirecrackerBin, "--api-sock", filepath.Join(spec.dir, apiSocketName), "--id", spec.id)
+	// Relative to the working directory, so that socket paths stay short
+	// however deep StateDir is.
+	cmd := exec.Command(c.FirecrackerBin, "--api-sock", apiSocketName, "--id", spec.id)
 	cmd.Dir = spec.dir
 	return cmd
 }
@@ -254,7 +257,7 @@ func waitForSocket(ctx context.Context, p *process, path string, timeout time.Du
 	ticker := time.NewTicker(5 * time.Millisecond)
 	defer ticker.Stop()
 	for {
-		conn, err := net.Dial("unix", path)
+		conn, err := api.DialUnix(ctx, path)
 		if err == nil {
 			conn.Close()
 			return nil

@@ -268,16 +268,12 @@ func (p *Provider) startVMM(ctx context.Context, m *machine, drives []MetadataDr
 // loadSnapshot sends the snapshot load with resume, as the first
 // configuring call of the fresh VMM.
 func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, snapPath string) error {
-	version, err := m.client.Version(ctx)
-	if err != nil {
-		return m.proc.withOutput(fmt.Errorf("read version: %w", err))
-	}
-
 	statePath := filepath.Join(snapPath, meta.StateFile)
 	memPath := filepath.Join(snapPath, meta.MemFile)
 	if p.cfg.Jailer != nil {
 		// The jailed VMM sees only its chroot: link the files into it.
 		uid, gid := p.owner()
+		var err error
 		statePath, memPath, err = linkIntoChroot(m.dir, statePath, memPath, uid, gid)
 		if err != nil {
 			return err
@@ -295,12 +291,8 @@ func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, 
 				api.NetworkOverride{IfaceID: n.IfaceID, HostDevName: cloneTAPName(m.id, n.IfaceID)})
 		}
 	}
-	// Outside a chroot the snapshot's relative vsock path already resolves
-	// to the VM directory; the override states it explicitly where the
-	// running version takes it.
-	if meta.Vsock != nil && p.cfg.Jailer == nil && version.AtLeast(api.VsockOverrideSince) {
-		load.VsockOverride = &api.VsockOverride{UDSPath: m.vsockPath}
-	}
+	// The snapshot's vsock path is relative and resolves to the VM
+	// directory of each clone, so no vsock_override is needed.
 	if err := m.client.LoadSnapshot(ctx, load); err != nil {
 		return m.proc.withOutput(fmt.Errorf("snapshot load: %w", err))
 	}

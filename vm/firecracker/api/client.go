@@ -86,10 +86,9 @@ func New(socketPath string, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	dialer := &net.Dialer{}
 	transport := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "unix", socketPath)
+			return DialUnix(ctx, socketPath)
 		},
 		DisableCompression: true,
 		MaxIdleConns:       2,

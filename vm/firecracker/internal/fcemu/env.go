@@ -2,6 +2,7 @@ package fcemu
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"time"
@@ -84,7 +85,14 @@ func loadSpecFromEnv() (*fcspec.Spec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("invalid %s %q: %w", EnvSpecFD, s, err)
 		}
-		return fcspec.Load(fmt.Sprintf("/proc/self/fd/%d", fd))
+		// Inside the jailer's chroot there is no /proc: read the descriptor.
+		f := os.NewFile(uintptr(fd), EnvSpecFD)
+		defer f.Close()
+		data, err := io.ReadAll(f)
+		if err != nil {
+			return nil, fmt.Errorf("read API description from %s=%d: %w", EnvSpecFD, fd, err)
+		}
+		return fcspec.LoadData(data, EnvSpecFD)
 	}
 	path := envOr(EnvSpec, os.Getenv(fcspec.EnvVar))
 	if path == "" {

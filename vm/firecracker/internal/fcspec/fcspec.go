@@ -39,7 +39,11 @@ func Load(path string) (*Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("firecracker api spec: %w", err)
 	}
+	return LoadData(data, path)
+}
 
+// LoadData is Load for a description already read; path names it in errors.
+func LoadData(data []byte, path string) (*Spec, error) {
 	var doc2 openapi2.T
 	if err := openapi2.UnmarshalFromData(data, &doc2); err != nil {
 		return nil, fmt.Errorf("firecracker api spec %s: parse: %w", path, err)

@@ -64,6 +64,9 @@ func runJailer(args []string) error {
 	if err := unix.Mknod(tun, unix.S_IFCHR|0o666, int(unix.Mkdev(10, 200))); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("jailer: mknod %s: %w", tun, err)
 	}
+	if err := os.Chmod(tun, 0o666); err != nil {
+		return err
+	}
 	if err := os.Chown(root, *uid, *gid); err != nil {
 		return err
 	}
