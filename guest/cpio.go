@@ -46,10 +46,10 @@ func writeCPIOEntry(w io.Writer, inode uint32, e cpioEntry) error {
 		nlink = 2
 	}
 
-	// The header is "070701" and 13 fields of 8 hex digits: inode, mode,
-	// uid, gid, nlink, mtime, file size, device major and minor, rdev
-	// major and minor, name size including its NUL, and a checksum that
-	// this format leaves at zero.
+	// The header is "070701" followed by 13 fields of 8 hex digits. They
+	// are inode, mode, uid, gid, nlink, mtime, file size, device major and
+	// minor, rdev major and minor, and name size including its NUL. The
+	// last is a checksum, which the newc format leaves at zero.
 	header := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
 		inode, e.Mode, 0, 0, nlink, 0, len(e.Data), 0, 0,
 		e.RdevMajor, e.RdevMinor, len(e.Name)+1, 0)

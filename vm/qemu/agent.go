@@ -33,7 +33,7 @@ type agentConn struct {
 	closed  chan struct{}
 	readErr error
 
-	mu        sync.Mutex // guards nextToken and waiters; held for no I/O
+	mu        sync.Mutex // guards nextToken and waiters, and is never held during I/O
 	nextToken uint64
 	waiters   map[string]chan struct{}
 }

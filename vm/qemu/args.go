@@ -25,6 +25,10 @@ const kernelCmdline = "console=ttyS0 quiet panic=1 tsc=reliable no_timer_check"
 // because incoming migration requires the same devices and RAM blocks.
 // kernel and initrd are paths relative to the snapshot directory, which is
 // QEMU's working directory.
+//
+// NOTE: QEMU reads the whole kernel image into anonymous memory for fw_cfg
+// even in a clone, which never boots it, so each clone's PSS includes the
+// kernel's size (about 14 MiB for Debian's 6.1 cloud kernel).
 func machineArgs(key vm.StackKey, accel, kernel, initrd string) []string {
 	cpu := "qemu64"
 	if accel == AccelKVM {

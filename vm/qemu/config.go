@@ -32,9 +32,8 @@ type Config struct {
 	Kernel string `yaml:"kernel"`
 	Initrd string `yaml:"initrd"`
 
-	// HeartbeatMaxAge is how old the guest's last heartbeat may be before
-	// Check reports the VM unhealthy. The guest agent sends one every
-	// 100ms.
+	// HeartbeatMaxAge is the maximum age of the guest's last heartbeat
+	// that Check accepts. The guest agent sends one every 100ms.
 	HeartbeatMaxAge time.Duration `yaml:"heartbeat_max_age"`
 	// BootTimeout bounds the cold boot of a template VM until its agent
 	// reports ready.

@@ -14,7 +14,7 @@ import (
 // Linux (108 bytes including the terminating NUL).
 const maxSocketPath = 107
 
-// launchSpec is what launch needs beyond the VM id.
+// launchSpec is the QEMU command line and memory mapping of one launch.
 type launchSpec struct {
 	// workDir is QEMU's working directory, against which relative paths
 	// in machineArgs resolve.

@@ -46,7 +46,7 @@ type Provider struct {
 	cfg Config
 	log *slog.Logger
 
-	mu  sync.Mutex // guards vms; never held during QMP, agent or process calls
+	mu  sync.Mutex // guards vms, and is never held during QMP, agent or process calls
 	vms map[string]*machine
 }
 
@@ -89,7 +89,7 @@ func (p *Provider) Name() string { return ProviderName }
 func (p *Provider) Config() Config { return p.cfg }
 
 // Restore starts a clone of snap as VM id and returns once the guest has
-// answered a ping. It rejects a key whose vCPUs or memory differ from the
+// replied to a ping. It rejects a key whose vCPUs or memory differ from the
 // snapshot's. On failure it kills the QEMU it started and removes the VM
 // directory, and the error carries the tail of QEMU's stderr and console.
 func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap vm.Snapshot) (vm.Instance, error) {
@@ -146,7 +146,7 @@ func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap
 }
 
 // resume loads the template's device state into a clone started with
-// -incoming defer, lets it run, and waits for the guest to answer a ping.
+// -incoming defer, lets it run, and waits for the guest's reply to a ping.
 func resume(ctx context.Context, m *machine, statePath string) error {
 	if err := m.mon.setIgnoreShared(ctx); err != nil {
 		return err
@@ -247,8 +247,8 @@ func (p *Provider) discard(m *machine) error {
 	return nil
 }
 
-// stop asks QEMU to quit over QMP and sends SIGKILL when it has not exited
-// after StopTimeout.
+// stop sends the QMP quit command and then SIGKILL when QEMU has not
+// exited after StopTimeout.
 func (p *Provider) stop(m *machine) error {
 	if m.agent != nil {
 		m.agent.close()
@@ -256,7 +256,7 @@ func (p *Provider) stop(m *machine) error {
 	if m.mon != nil && m.proc.alive() {
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.StopTimeout)
 		// The reply to quit may be lost when QEMU exits first, so the
-		// error says nothing and the exit is what counts.
+		// error is ignored and only the exit counts.
 		_ = m.mon.run(ctx, "quit", nil, nil)
 		select {
 		case <-m.proc.exited:

@@ -28,8 +28,9 @@ type Template struct {
 // written in a temporary sibling directory that is renamed to dir at the
 // end, so dir never holds a partial snapshot.
 //
-// With Accel auto, the guest boots under KVM when /dev/kvm opens, and if
-// it is not ready within KVMBootTimeout it boots again under TCG.
+// With Accel auto, the guest boots under KVM when /dev/kvm opens. If QEMU
+// fails under KVM or the guest is not ready within KVMBootTimeout, it
+// boots again under TCG and the provider logs one warning.
 func (p *Provider) CreateTemplate(ctx context.Context, key vm.StackKey, dir string) (Template, error) {
 	if err := key.Validate(); err != nil {
 		return Template{}, fmt.Errorf("qemu template: %w", err)
