@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/getkin/kin-openapi/openapi2"
 	"github.com/getkin/kin-openapi/openapi2conv"
@@ -54,8 +55,9 @@ func LoadData(data []byte, path string) (*Spec, error) {
 	}
 
 	// The description names host "localhost", but requests arrive over a
-	// unix socket with any Host header, so routing matches on paths only.
-	doc3.Servers = openapi3.Servers{{URL: "/"}}
+	// unix socket with any Host header. Without servers the router matches
+	// on paths only.
+	doc3.Servers = nil
 	if err := doc3.Validate(context.Background()); err != nil {
 		return nil, fmt.Errorf("firecracker api spec %s: invalid: %w", path, err)
 	}
@@ -74,11 +76,17 @@ func (s *Spec) ValidateRequest(req *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
 	}
+	opts := &openapi3filter.Options{}
+	// Name the field and the reason, without the schema dump that the
+	// default message appends.
+	opts.WithCustomSchemaErrorFunc(func(err *openapi3.SchemaError) string {
+		return fmt.Sprintf("field /%s: %s", strings.Join(err.JSONPointer(), "/"), err.Reason)
+	})
 	input := &openapi3filter.RequestValidationInput{
 		Request:    req,
 		PathParams: params,
 		Route:      route,
-		Options:    &openapi3filter.Options{MultiError: false},
+		Options:    opts,
 	}
 	if err := openapi3filter.ValidateRequest(req.Context(), input); err != nil {
 		return fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
