@@ -56,6 +56,10 @@ type Daemon struct {
 	cfg        *Config
 	destroying map[string]bool
 
+	// recordsChanged receives a value, without blocking, after each store
+	// write of a pool hook. Shutdown waits on it for late restores.
+	recordsChanged chan struct{}
+
 	// reloadMu serializes Reload calls, which change the pool's buckets.
 	reloadMu sync.Mutex
 
@@ -81,6 +85,8 @@ func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error
 		cfg:        cfg,
 		destroying: make(map[string]bool),
 		serveDone:  make(chan struct{}),
+
+		recordsChanged: make(chan struct{}, 1),
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -237,6 +243,9 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 
 	poolCtx, cancel := context.WithTimeout(ctx, d.config().ShutdownTimeout)
 	if err := d.closePool(poolCtx); err != nil {
+		d.log.Warn("pool closed with errors", "error", err)
+	}
+	if err := d.waitPoolRecords(poolCtx); err != nil {
 		errs = append(errs, err)
 	}
 	cancel()
@@ -251,6 +260,35 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 		d.log.Info("daemon stopped")
 	}
 	return err
+}
+
+// waitPoolRecords waits until no VM is recorded as restoring or warm. The
+// pool's Close waits only its join budget for restores in flight, which
+// then finish in the background: a cancelled restore removes what it
+// started, and one that lands is destroyed by the pool. Exiting before
+// they finish would leave half-made VMs for the next start to clean up.
+// On timeout the rest stays recorded for the next start.
+func (d *Daemon) waitPoolRecords(ctx context.Context) error {
+	for {
+		var pending []string
+		recs, err := d.store.List()
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if rec.State == state.Restoring || rec.State == state.Warm {
+				pending = append(pending, rec.ID)
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-d.recordsChanged:
+		case <-ctx.Done():
+			return fmt.Errorf("VMs of the pool still recorded at shutdown, left for the next start: %v", pending)
+		}
+	}
 }
 
 func (d *Daemon) closePool(ctx context.Context) error {

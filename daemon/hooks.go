@@ -37,10 +37,19 @@ func (d *Daemon) storeHooks() pool.Hooks {
 			if err := d.store.Delete(id); err != nil {
 				d.log.Error("delete record failed", "vm_id", id, "stack", key.String(), "error", err)
 			}
+			d.notifyRecordsChanged()
 		},
 		Destroyed: func(inst vm.Instance, _ time.Duration, destroyErr error) {
 			d.recordDestroyed(inst, destroyErr)
+			d.notifyRecordsChanged()
 		},
+	}
+}
+
+func (d *Daemon) notifyRecordsChanged() {
+	select {
+	case d.recordsChanged <- struct{}{}:
+	default:
 	}
 }
 
