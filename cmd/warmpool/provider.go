@@ -12,6 +12,7 @@ import (
 
 	"github.com/warmpool/warmpool/guest"
 	"github.com/warmpool/warmpool/vm"
+	"github.com/warmpool/warmpool/vm/firecracker"
 	"github.com/warmpool/warmpool/vm/qemu"
 	"github.com/warmpool/warmpool/vm/sim"
 )
@@ -19,17 +20,18 @@ import (
 // providerOptions are the flags that choose and configure the VM provider
 // of the template and bench commands.
 type providerOptions struct {
-	name       string
-	cacheDir   string
-	stateDir   string
-	accel      string
-	qemuBinary string
-	simRestore time.Duration
+	name        string
+	cacheDir    string
+	stateDir    string
+	accel       string
+	qemuBinary  string
+	simRestore  time.Duration
+	firecracker firecrackerFlags
 }
 
 func (o *providerOptions) addFlags(cmd *cobra.Command) {
 	flags := cmd.Flags()
-	flags.StringVar(&o.name, "provider", "qemu", "VM provider: qemu or sim")
+	flags.StringVar(&o.name, "provider", "qemu", "VM provider: qemu, firecracker or sim")
 	flags.StringVar(&o.cacheDir, "cache-dir", "",
 		"directory for the built guest and cached templates (default $XDG_CACHE_HOME/warmpool or ~/.cache/warmpool)")
 	flags.StringVar(&o.stateDir, "state-dir", "",
@@ -38,6 +40,7 @@ func (o *providerOptions) addFlags(cmd *cobra.Command) {
 	flags.StringVar(&o.qemuBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator binary")
 	flags.DurationVar(&o.simRestore, "sim-restore-latency", 100*time.Millisecond,
 		"duration of one restore of the sim provider")
+	o.firecracker.addFlags(cmd)
 }
 
 // providerSetup is a provider chosen by --provider with what the template
@@ -75,10 +78,12 @@ func newProvider(ctx context.Context, o providerOptions, logger *slog.Logger) (*
 	switch o.name {
 	case qemu.ProviderName:
 		return newQEMUProvider(ctx, o, logger)
+	case firecracker.ProviderName:
+		return newFirecrackerProvider(o, logger)
 	case "sim":
 		return newSimProvider(o)
 	}
-	return nil, fmt.Errorf("invalid --provider %q: use qemu or sim", o.name)
+	return nil, fmt.Errorf("invalid --provider %q: use qemu, firecracker or sim", o.name)
 }
 
 func newQEMUProvider(ctx context.Context, o providerOptions, logger *slog.Logger) (*providerSetup, error) {

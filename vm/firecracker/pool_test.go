@@ -3,8 +3,8 @@ package firecracker
 import (
 	"context"
 	"fmt"
-	"os"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"syscall"
 	"testing"

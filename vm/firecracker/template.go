@@ -2,6 +2,8 @@ package firecracker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -15,8 +17,9 @@ import (
 
 // TemplateSpec describes the VM that Template boots and snapshots.
 type TemplateSpec struct {
-	// ID names the snapshot and its directory under SnapshotDir. A new
-	// stack version needs a new ID: Template never overwrites a snapshot.
+	// ID names the snapshot and its directory under SnapshotDir: 1-128
+	// letters, digits, '.', '_' or '-'. A new stack version needs a new
+	// ID, because Template never overwrites a snapshot.
 	ID          string      `yaml:"id"`
 	SnapshotDir string      `yaml:"snapshot_dir"`
 	Stack       vm.StackKey `yaml:"stack"`
@@ -41,12 +44,15 @@ type TemplateDrive struct {
 	ReadOnly bool   `yaml:"read_only"`
 }
 
-var driveIDPattern = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+var (
+	snapshotIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	driveIDPattern    = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+)
 
 // Validate reports the first invalid field of s.
 func (s TemplateSpec) Validate() error {
-	if err := vm.ValidateID(s.ID); err != nil || len(s.ID) > 55 {
-		return fmt.Errorf("template: invalid id %q: use 1-55 letters, digits, '_' or '-', starting with a letter or digit", s.ID)
+	if !snapshotIDPattern.MatchString(s.ID) {
+		return fmt.Errorf("template: invalid id %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", s.ID)
 	}
 	if !filepath.IsAbs(s.SnapshotDir) {
 		return fmt.Errorf("template: snapshot_dir %q must be an absolute path", s.SnapshotDir)
@@ -107,7 +113,14 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 		return snap, err
 	}
 
-	m, err := p.prepare(ctx, "template-"+spec.ID, "", spec.Network, false)
+	// The template VM's id derives from the snapshot path, so a template
+	// left behind by a crashed run is found and removed first.
+	sum := sha256.Sum256([]byte(final))
+	vmID := "template-" + hex.EncodeToString(sum[:8])
+	if err := p.Destroy(ctx, vm.Instance{ID: vmID}); err != nil {
+		return snap, fmt.Errorf("remove the leftover template VM: %w", err)
+	}
+	m, err := p.prepare(ctx, vmID, "", spec.Network, false)
 	if err != nil {
 		return snap, err
 	}
