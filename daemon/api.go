@@ -270,7 +270,7 @@ func acquireError(key vm.StackKey, err error) error {
 		return &apiError{status: http.StatusServiceUnavailable, msg: "pool is closed: the daemon is stopping"}
 	case errors.Is(err, context.Canceled):
 		// 499 is the status nginx logs for a client that closed the
-		// connection. The client is gone, so nobody reads it.
+		// connection. No client reads this response.
 		return &apiError{status: 499, msg: "request canceled"}
 	}
 	return &apiError{status: http.StatusInternalServerError, msg: err.Error()}
@@ -309,8 +309,12 @@ func (d *Daemon) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := d.config()
 	sc := StackConfig{Key: req.Key, Snapshot: req.Snapshot, MinDepth: req.MinDepth, MaxDepth: req.MaxDepth}
-	if errs := sc.validate("stack", cfg.Pool, d.provider.Name()); len(errs) > 0 {
-		writeError(w, badRequest("%s: %s", errs[0].path, errs[0].msg))
+	if errs := sc.validate("", cfg.Pool, d.provider.Name()); len(errs) > 0 {
+		msgs := make([]string, 0, len(errs))
+		for _, e := range errs {
+			msgs = append(msgs, e.path+": "+e.msg)
+		}
+		writeError(w, badRequest("%s", strings.Join(msgs, "\n")))
 		return
 	}
 	minDepth, maxDepth := sc.Depth(cfg.Pool)
@@ -336,7 +340,10 @@ func (d *Daemon) handleUnregister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if err := d.pool.Unregister(r.Context(), key); err != nil {
+	// The stack's warm VMs are destroyed even if the client goes away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), d.config().ShutdownTimeout)
+	defer cancel()
+	if err := d.pool.Unregister(ctx, key); err != nil {
 		if errors.Is(err, pool.ErrUnknownStack) {
 			writeError(w, &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown stack %s", key)})
 			return
@@ -402,7 +409,8 @@ func (d *Daemon) handleDestroy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), d.config().Pool.DestroyTimeout)
+	// A client that goes away does not stop the destroy halfway.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), d.config().Pool.DestroyTimeout)
 	err = d.provider.Destroy(ctx, rec.Instance)
 	cancel()
 	if err != nil {

@@ -79,6 +79,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		reader = bytes.NewReader(data)
 	}
+
 	// The host is ignored because the transport always dials the socket.
 	req, err := http.NewRequestWithContext(ctx, method, "http://warmpool"+path, reader)
 	if err != nil {
@@ -87,6 +88,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w (is warmpool serve running?)", method, path, err)
@@ -96,6 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
+
 	if resp.StatusCode >= 400 {
 		var e ErrorResponse
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {

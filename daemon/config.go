@@ -1,7 +1,7 @@
-// Package daemon runs warmpool as a host agent: it reads a YAML config,
-// keeps the pool filled, serves the HTTP API on a unix socket, records every
-// VM it starts so it can recover after a crash, and reloads its stacks on
-// SIGHUP.
+// Package daemon runs warmpool as a host agent. It reads a YAML config,
+// keeps the pool filled and serves the HTTP API on a unix socket. It
+// records every VM it starts, so it can recover after a crash, and it
+// reloads its stacks on SIGHUP.
 package daemon
 
 import (
@@ -151,8 +151,9 @@ func (c *Config) poolConfig() pool.Config {
 	return pc
 }
 
-// LoadConfig reads and validates the config file at path. Every error names
-// the file, the line and column, and the field path, such as
+// LoadConfig reads and validates the config file at path. An error in the
+// file's contents names the file, the line and column, and the field path,
+// such as
 // "warmpool.yaml:12:5: stacks[1].max_depth: must be >= min_depth (3)".
 func LoadConfig(path string) (*Config, error) {
 	f, err := os.Open(path)
@@ -344,7 +345,7 @@ func (p PoolConfig) validate() []fieldError {
 func (s StackConfig) validate(path string, defaults PoolConfig, providerKind string) []fieldError {
 	var errs []fieldError
 	add := func(field, format string, args ...any) {
-		errs = append(errs, fieldError{path: path + "." + field, msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, fieldError{path: joinPath(path, field), msg: fmt.Sprintf(format, args...)})
 	}
 	if err := s.Key.Validate(); err != nil {
 		add("key", "%v", err)

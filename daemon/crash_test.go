@@ -103,11 +103,11 @@ func recordedVMs(t *testing.T, stateDir string) []state.Record {
 	return recs
 }
 
-// TestCrashRecoveryQEMU kills the daemon with SIGKILL while it restores and
-// hands out QEMU VMs, twice, and checks that the next start accounts for
-// every QEMU process and VM directory: each belongs to a VM the daemon
-// records, and a final stop leaves only the handed-out VMs, which are then
-// destroyed through the API.
+// TestCrashRecoveryQEMU kills the daemon with SIGKILL twice while it
+// restores and hands out QEMU VMs. Every QEMU process and VM directory left
+// behind must belong to a recorded VM. The next start must keep the
+// handed-out VMs, and after they are destroyed through the API a clean stop
+// must leave no process, directory or record.
 func TestCrashRecoveryQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots QEMU VMs: skipped with -short")
@@ -202,7 +202,7 @@ stacks:
 	checkAccounted("after the kills", recordedIDs)
 	for _, id := range handedOut {
 		if recordedIDs[id].State != state.HandedOut {
-			t.Errorf("handed-out VM %s recorded as %q", id, recordedIDs[id].State)
+			t.Errorf("handed-out VM %s recorded in state %q, want handed_out", id, recordedIDs[id].State)
 		}
 	}
 

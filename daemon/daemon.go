@@ -73,9 +73,13 @@ type Daemon struct {
 	shutdownErr  error
 }
 
-// Start opens the record store, builds the provider and the pool, recovers
-// the VMs recorded by a previous run, registers the configured stacks and
-// starts serving the API. On failure it undoes what it started.
+// Start opens the record store and the API's listeners, builds the
+// provider and the pool, recovers the VMs recorded by a previous run,
+// registers the configured stacks and starts serving the API. The
+// listeners are opened before any VM is touched, so a second daemon on the
+// same socket fails without changing anything. On failure Start undoes
+// what it started. If ctx is cancelled during recovery, Start returns an
+// error and leaves the records it has not handled yet for the next start.
 func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error) {
 	d = &Daemon{
 		configPath: opts.ConfigPath,
@@ -107,6 +111,15 @@ func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error
 		}
 	}()
 
+	if err := d.listen(cfg.Listen); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.closeListeners()
+		}
+	}()
+
 	d.provider = opts.Provider
 	if d.provider == nil {
 		d.provider, err = cfg.Provider.build(d.log, d.clock)
@@ -135,9 +148,7 @@ func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error
 	}
 	d.registerStacks(cfg.Stacks, adopt)
 
-	if err := d.serve(cfg.Listen); err != nil {
-		return nil, err
-	}
+	d.serve()
 	d.ready.Store(true)
 	d.log.Info("daemon started", "provider", d.provider.Name(), "socket", cfg.Listen.Socket,
 		"tcp", cfg.Listen.TCP, "stacks", len(cfg.Stacks), "state_dir", cfg.StateDir)
@@ -162,9 +173,8 @@ func (d *Daemon) registerStacks(stacks []StackConfig, adopt map[vm.StackKey][]vm
 	}
 }
 
-// serve starts the HTTP server on the unix socket and, if set, the loopback
-// TCP address.
-func (d *Daemon) serve(lc ListenConfig) error {
+// listen opens the unix socket and, if set, the loopback TCP address.
+func (d *Daemon) listen(lc ListenConfig) error {
 	unixLn, err := listenUnix(lc.Socket, os.FileMode(lc.SocketMode))
 	if err != nil {
 		return err
@@ -174,13 +184,25 @@ func (d *Daemon) serve(lc ListenConfig) error {
 	if lc.TCP != "" {
 		tcpLn, err := listenTCP(lc.TCP)
 		if err != nil {
-			unixLn.Close()
-			os.Remove(lc.Socket)
+			d.closeListeners()
 			return err
 		}
 		d.listeners = append(d.listeners, tcpLn)
 	}
+	return nil
+}
 
+// closeListeners closes the listeners of a daemon that failed to start.
+// It removes the socket file first, because the listener does not unlink it.
+func (d *Daemon) closeListeners() {
+	os.Remove(d.socketPath)
+	for _, ln := range d.listeners {
+		ln.Close()
+	}
+}
+
+// serve starts the HTTP server on the listeners.
+func (d *Daemon) serve() {
 	d.server = &http.Server{
 		Handler:           d.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -200,7 +222,6 @@ func (d *Daemon) serve(lc ListenConfig) error {
 		d.serveErr = errors.Join(all...)
 		close(d.serveDone)
 	}()
-	return nil
 }
 
 // Addrs returns the addresses the API is served on.

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"log/slog"
 	"time"
 
 	"github.com/warmpool/warmpool/daemon/state"
@@ -84,7 +86,13 @@ func (d *Daemon) logHooks() pool.Hooks {
 			if cause != nil {
 				attrs = append(attrs, "error", cause)
 			}
-			d.log.Info("VM evicted", attrs...)
+			// A VM that failed its check or probe is a fault the pool
+			// recovered from. Age, unregister and close are routine.
+			level := slog.LevelInfo
+			if reason == pool.EvictUnhealthy || reason == pool.EvictProbe {
+				level = slog.LevelWarn
+			}
+			d.log.Log(context.Background(), level, "VM evicted", attrs...)
 		},
 		Destroyed: func(inst vm.Instance, took time.Duration, err error) {
 			if err != nil {

@@ -83,7 +83,7 @@ func startDaemonProcess(t *testing.T, configPath, socket string) *daemonProcess 
 	return p
 }
 
-// waitReady polls /readyz until the daemon answers 200.
+// waitReady polls /readyz until the daemon returns 200.
 func (p *daemonProcess) waitReady(t *testing.T) {
 	t.Helper()
 	client := NewClient(p.socket)

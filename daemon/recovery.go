@@ -13,7 +13,7 @@ import (
 // reattachTimeout bounds one Provider.Reattach call during recovery.
 const reattachTimeout = 10 * time.Second
 
-// recoveryAction is what recovery does with one recorded VM.
+// recoveryAction is the step recovery takes for one recorded VM.
 type recoveryAction string
 
 const (
@@ -57,7 +57,8 @@ func decideRecovery(rec state.Record, configured map[vm.StackKey]vm.Snapshot, ca
 // reattach and pass Check and Probe are returned, by stack, for adoption.
 // Every other VM is destroyed and its record removed. A VM that fails to
 // be destroyed stays recorded as destroy_failed, so the next start tries
-// again. Recovery fails only if the store cannot be read.
+// again. Recovery returns an error if the store cannot be read or ctx is
+// cancelled. After a cancel, the records not yet handled stay as they are.
 func (d *Daemon) recover(ctx context.Context, cfg *Config) (map[vm.StackKey][]vm.Instance, error) {
 	recs, err := d.store.List()
 	if err != nil {
@@ -86,6 +87,9 @@ func (d *Daemon) recover(ctx context.Context, cfg *Config) (map[vm.StackKey][]vm
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
+			if ctx.Err() != nil {
+				return
+			}
 			if action == actionAdopt {
 				err := d.checkRecovered(ctx, reattacher, rec.Instance)
 				if err == nil {
@@ -94,12 +98,18 @@ func (d *Daemon) recover(ctx context.Context, cfg *Config) (map[vm.StackKey][]vm
 					mu.Unlock()
 					return
 				}
+				if ctx.Err() != nil {
+					return // the VM's health is unknown after a cancelled check
+				}
 				reason = "unhealthy: " + err.Error()
 			}
 			d.destroyRecorded(ctx, rec, reason)
 		}()
 	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("recovery interrupted, remaining records are left for the next start: %w", err)
+	}
 	return adopt, nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/warmpool/warmpool/vm"
 )
 
-// stackSpec is what a bucket is registered with.
+// stackSpec is the snapshot and depth of a bucket's registration.
 type stackSpec struct {
 	snapshot           vm.Snapshot
 	minDepth, maxDepth int

@@ -31,9 +31,9 @@ var (
 
 // yamlChecker walks a YAML node tree alongside the Go type it will be decoded
 // into. It reports unknown fields and values of the wrong type with their
-// position, which yaml.v3's strict decoder gives only as a line, and records
-// the position of every field it sees so later validation errors can point
-// at the line and column too.
+// line and column, where yaml.v3's strict decoder gives only the line. It
+// also records the position of every field it visits, so that later
+// validation errors can point at the line and column too.
 type yamlChecker struct {
 	positions map[string]position
 	errs      []fieldError
