@@ -37,7 +37,7 @@ type Config struct {
 	// itself when it runs as root.
 	CreateTAPs bool `yaml:"create_taps"`
 
-	// AgentPort is the guest vsock port of the guest agent that answers
+	// AgentPort is the guest vsock port of the guest agent that replies to
 	// health probes. HeartbeatPort is the port the guest connects to on the
 	// host to send heartbeats.
 	AgentPort     uint32 `yaml:"agent_port"`

@@ -18,7 +18,7 @@ import (
 // and network namespace. It works from the id alone, reading what the VM
 // owns from the record in its directory, and returns nil when nothing of
 // the VM is left. If ctx ends while it waits for the process to exit, the
-// process has been sent SIGKILL and the error says so.
+// process has been sent SIGKILL and the error reports the timeout.
 func (p *Provider) Destroy(ctx context.Context, inst vm.Instance) error {
 	if _, err := p.cfg.ownedDir(inst.ID); err != nil {
 		return fmt.Errorf("firecracker: destroy: %w", err)
@@ -114,7 +114,7 @@ func (p *Provider) teardown(ctx context.Context, m *machine) error {
 	return errors.Join(errs...)
 }
 
-// stop asks the guest to shut down when ShutdownGrace is set, kills the
+// stop sends SendCtrlAltDel when ShutdownGrace is set, kills the
 // process group if it is still running after the grace period, and waits
 // until the process has exited.
 func (p *Provider) stop(ctx context.Context, m *machine) error {
@@ -152,7 +152,7 @@ func (p *Provider) stop(ctx context.Context, m *machine) error {
 
 // Reattach takes over a VM started by another Provider, normally a
 // previous run of a daemon with Detached set. It checks that the recorded
-// process still runs the VM's command line and answers on its API socket,
+// process still runs the VM's command line and responds on its API socket,
 // then listens for its heartbeats again.
 func (p *Provider) Reattach(ctx context.Context, inst vm.Instance) error {
 	if err := p.reattach(ctx, inst); err != nil {

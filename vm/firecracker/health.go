@@ -17,7 +17,7 @@ import (
 
 // The guest agent protocol. The host opens a connection through
 // Firecracker's vsock socket with "CONNECT <agent port>\n", Firecracker
-// answers "OK <port>\n", and then each "PING <token>\n" gets "PONG <token>\n"
+// replies "OK <port>\n", and then each "PING <token>\n" gets "PONG <token>\n"
 // from the agent. The agent also connects to the host on the heartbeat port
 // (Firecracker forwards it to "<vsock socket>_<port>") and writes a line at
 // least once per heartbeat timeout.
@@ -123,7 +123,7 @@ func ping(ctx context.Context, udsPath string, port uint32) error {
 	}
 	line, err := r.ReadString('\n')
 	if err != nil {
-		return fmt.Errorf("guest ping: connect to port %d: no answer from the vsock device: %w", port, err)
+		return fmt.Errorf("guest ping: connect to port %d: no response from the vsock device: %w", port, err)
 	}
 	if !strings.HasPrefix(line, "OK ") {
 		return fmt.Errorf("guest ping: connect to port %d: unexpected reply %q", port, strings.TrimSpace(line))
@@ -143,7 +143,7 @@ func ping(ctx context.Context, udsPath string, port uint32) error {
 	return nil
 }
 
-// waitHealthy pings until the guest answers or ctx ends, and returns the
+// waitHealthy pings until the guest replies or ctx ends, and returns the
 // last ping error on timeout.
 func waitHealthy(ctx context.Context, p *process, udsPath string, port uint32) error {
 	var last error

@@ -34,8 +34,7 @@ func runTests(m *testing.M) int {
 	wd, _ := os.Getwd()
 	spec := fcspec.Locate(wd)
 	if spec == "" {
-		skipReason = fmt.Sprintf("Firecracker API description not found: set %s to the path of firecracker-api.yaml (default %s relative to the repository root)",
-			fcspec.EnvVar, fcspec.DefaultRelPath)
+		skipReason = fmt.Sprintf("Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
 		return m.Run()
 	}
 	abs, err := filepath.Abs(spec)

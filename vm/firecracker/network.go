@@ -13,7 +13,8 @@ import (
 	"strconv"
 )
 
-// netnsDir is where "ip netns add" puts named network namespaces.
+// netnsDir is the directory of the named network namespaces that
+// "ip netns add" creates.
 const netnsDir = "/run/netns"
 
 // netnsName returns the network namespace of VM id in NetworkNamespace mode.

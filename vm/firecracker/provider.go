@@ -95,7 +95,7 @@ func (p *Provider) lookup(id string) *machine {
 }
 
 // Restore starts VM id from snap: it spawns a fresh VMM, loads the snapshot
-// and resumes it, then waits for the guest agent to answer a ping. On any
+// and resumes it, then waits for the guest agent to reply to a ping. On any
 // failure, including ctx ending, it removes everything it created.
 func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap vm.Snapshot) (vm.Instance, error) {
 	inst, err := p.restore(ctx, id, key, snap)
@@ -271,7 +271,7 @@ func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, 
 	statePath := filepath.Join(snapPath, meta.StateFile)
 	memPath := filepath.Join(snapPath, meta.MemFile)
 	if p.cfg.Jailer != nil {
-		// The jailed VMM sees only its chroot: link the files into it.
+		// The jailed VMM can open only files inside its chroot, so link them in.
 		uid, gid := p.owner()
 		var err error
 		statePath, memPath, err = linkIntoChroot(m.dir, statePath, memPath, uid, gid)
@@ -300,7 +300,7 @@ func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, 
 }
 
 // linkIntoChroot links the snapshot's state and memory files into the
-// chroot at root and returns their paths as the jailed VMM sees them.
+// chroot at root and returns their paths relative to the chroot.
 func linkIntoChroot(root, statePath, memPath string, uid, gid int) (string, string, error) {
 	dir := filepath.Join(root, loadDirName)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

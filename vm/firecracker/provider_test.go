@@ -258,7 +258,7 @@ func TestCheckAndProbeDetectFaults(t *testing.T) {
 	}
 
 	// A stopped process keeps its socket but sends no heartbeats and
-	// answers no pings, like a hung guest.
+	// replies to no pings, like a hung guest.
 	syscall.Kill(insts[0].PID, syscall.SIGSTOP)
 	time.Sleep(cfg.HeartbeatTimeout + 100*time.Millisecond)
 	if err := p.Check(insts[0]); err == nil || !strings.Contains(err.Error(), "heartbeat") {

@@ -89,7 +89,7 @@ func (s TemplateSpec) Validate() error {
 	return nil
 }
 
-// Template cold-boots a VM from spec, waits until its guest agent answers,
+// Template cold-boots a VM from spec, waits until its guest agent replies to a ping,
 // pauses it and writes a full snapshot to SnapshotDir/ID together with a
 // metadata file. The template VM is destroyed in all cases. The snapshot
 // directory appears only once it is complete.

@@ -83,7 +83,7 @@ func (c *Client) InstanceStart(ctx context.Context) error {
 	return c.do(ctx, "PUT", "/actions", Action{ActionType: ActionInstanceStart}, nil)
 }
 
-// SendCtrlAltDel asks the guest to shut down (x86 only). The call returns
+// SendCtrlAltDel injects Ctrl+Alt+Del so the guest shuts down (x86 only). The call returns
 // once the key press is injected, not when the guest has stopped.
 func (c *Client) SendCtrlAltDel(ctx context.Context) error {
 	return c.do(ctx, "PUT", "/actions", Action{ActionType: ActionSendCtrlAltDel}, nil)

@@ -26,8 +26,7 @@ func loadSpec(t *testing.T) *fcspec.Spec {
 	}
 	path := fcspec.Locate(wd)
 	if path == "" {
-		t.Skipf("Firecracker API description not found: set %s to the path of firecracker-api.yaml (default %s relative to the repository root)",
-			fcspec.EnvVar, fcspec.DefaultRelPath)
+		t.Skipf("Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
 	}
 	spec, err := fcspec.Load(path)
 	if err != nil {

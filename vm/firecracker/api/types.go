@@ -114,7 +114,7 @@ const (
 	BackendUffd = "Uffd"
 )
 
-// MemoryBackend says where a restored VM's memory comes from: a file, or a
+// MemoryBackend is the source of a restored VM's memory: a file, or a
 // userfaultfd handler listening on a unix socket.
 type MemoryBackend struct {
 	BackendType string `json:"backend_type"`

@@ -30,20 +30,20 @@ type Options struct {
 	Latency time.Duration // added to every API call
 
 	// CrashOn and HangOn name a request ("PUT /snapshot/load") on which
-	// the process kills itself with SIGKILL or stops answering for good,
+	// the process kills itself with SIGKILL or stops responding for good,
 	// with probability FaultProbability (1 when 0).
 	CrashOn, HangOn  string
 	FaultProbability float64
 
 	// AgentPort is the guest vsock port on which the emulated guest agent
-	// answers "PING <token>" with "PONG <token>". HeartbeatPort is the port
+	// replies to "PING <token>" with "PONG <token>". HeartbeatPort is the port
 	// the guest connects to on the host (uds_path + "_<port>") to send a
 	// "HEARTBEAT" line every HeartbeatInterval.
 	AgentPort         uint32
 	HeartbeatPort     uint32
 	HeartbeatInterval time.Duration
-	BootDelay         time.Duration // from InstanceStart until the agent answers
-	GuestHang         bool          // the agent accepts connections but never answers
+	BootDelay         time.Duration // from InstanceStart until the agent replies to pings
+	GuestHang         bool          // the agent accepts connections but never replies
 
 	Log *log.Logger
 }
@@ -364,6 +364,7 @@ func (e *Emulator) createSnapshot(body []byte) error {
 	if e.state != statePaused {
 		return reject("snapshot create: the microVM must be paused first (PATCH /vm Paused)")
 	}
+
 	state := snapshotState{Format: snapshotFormat, Version: e.opts.Version, Machine: *e.machine, Vsock: e.vsock}
 	for _, d := range e.drives {
 		state.Drives = append(state.Drives, d)
@@ -371,6 +372,7 @@ func (e *Emulator) createSnapshot(body []byte) error {
 	for _, n := range e.nets {
 		state.Nets = append(state.Nets, n)
 	}
+
 	data, err := json.Marshal(state)
 	if err != nil {
 		return err
@@ -378,6 +380,7 @@ func (e *Emulator) createSnapshot(body []byte) error {
 	if err := os.WriteFile(sc.SnapshotPath, data, 0o600); err != nil {
 		return reject("snapshot create: %v", err)
 	}
+
 	mem, err := os.OpenFile(sc.MemFilePath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return reject("snapshot create: %v", err)

@@ -12,7 +12,7 @@ import (
 
 // guest emulates the vsock device together with the guest agent behind it.
 // Host-initiated connections arrive on udsPath and start with
-// "CONNECT <port>\n", which is answered "OK <host port>\n" when the agent
+// "CONNECT <port>\n", which gets the reply "OK <host port>\n" when the agent
 // listens on that port. The agent also dials udsPath_<HeartbeatPort> and
 // sends heartbeats while the VM runs.
 type guest struct {
@@ -107,7 +107,7 @@ func (g *guest) serveAgent(conn net.Conn) {
 	}
 	port, ok := strings.CutPrefix(strings.TrimSpace(line), "CONNECT ")
 	if !ok || port != strconv.FormatUint(uint64(g.opts.AgentPort), 10) {
-		return // Firecracker closes a connection to a port nobody listens on.
+		return // Firecracker closes a connection to a port without a listener.
 	}
 	if _, err := fmt.Fprintf(conn, "OK %d\n", 1<<30); err != nil {
 		return

@@ -22,8 +22,8 @@ import (
 // EnvVar names the environment variable that points at the description.
 const EnvVar = "FIRECRACKER_API_SPEC"
 
-// DefaultRelPath is where the description is looked for when EnvVar is
-// unset, relative to the repository root.
+// DefaultRelPath is the description's path relative to the repository
+// root, used when EnvVar is unset.
 const DefaultRelPath = "../shared/firecracker/firecracker-api.yaml"
 
 // Spec is a loaded description with a router over its paths.

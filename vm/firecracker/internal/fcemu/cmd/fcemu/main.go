@@ -1,4 +1,4 @@
-// Command fcemu stands in for the firecracker binary in tests. It takes the
+// Command fcemu replaces the firecracker binary in tests. It takes the
 // firecracker command line that the provider uses and serves an emulated API
 // on --api-sock. Started under the name "jailer" it emulates the jailer
 // instead and then runs itself as the jailed firecracker.
