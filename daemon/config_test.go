@@ -153,6 +153,11 @@ func TestParseConfigErrors(t *testing.T) {
 			want: `bad.yaml:4:12: provider.qemu.accel: qemu config: invalid accel "hvf"`,
 		},
 		{
+			name: "firecracker without its binary",
+			yaml: "provider:\n  kind: firecracker\n  firecracker:\n    network_mode: override\n",
+			want: "bad.yaml:4:5: provider.firecracker.firecracker_bin: firecracker config: missing firecracker_bin",
+		},
+		{
 			name: "non-loopback tcp",
 			yaml: "provider: {kind: sim}\nlisten:\n  tcp: 0.0.0.0:7070\n",
 			want: "bad.yaml:3:8: listen.tcp: 0.0.0.0 is not a loopback address",
@@ -240,6 +245,24 @@ func TestParseConfigQEMUStateDirDefault(t *testing.T) {
 	}
 	if got := cfg.Provider.QEMU.StateDir; got != "/var/lib/wp/vms" {
 		t.Errorf("qemu state_dir = %q, want /var/lib/wp/vms", got)
+	}
+}
+
+func TestParseConfigFirecracker(t *testing.T) {
+	yaml := "provider:\n  kind: firecracker\n  firecracker: {firecracker_bin: /usr/bin/firecracker}\nstate_dir: /var/lib/wp\n"
+	cfg, err := ParseConfig("fc.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := cfg.Provider.Firecracker
+	if fc == nil {
+		t.Fatal("firecracker section not filled in")
+	}
+	if fc.StateDir != "/var/lib/wp/fc" {
+		t.Errorf("firecracker state_dir = %q, want /var/lib/wp/fc", fc.StateDir)
+	}
+	if fc.AgentPort == 0 {
+		t.Error("firecracker defaults not filled in")
 	}
 }
 
