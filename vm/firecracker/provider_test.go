@@ -416,8 +416,14 @@ func TestTemplateRejectsExistingSnapshot(t *testing.T) {
 }
 
 func TestJailerRestore(t *testing.T) {
+	for _, mode := range []string{NetworkOverride, NetworkNamespace} {
+		t.Run(mode, func(t *testing.T) { testJailerRestore(t, mode) })
+	}
+}
+
+func testJailerRestore(t *testing.T, mode string) {
 	cfg := testConfig(t)
-	cfg.NetworkMode = NetworkOverride
+	cfg.NetworkMode = mode
 	cfg.CreateTAPs = true
 	cfg.Jailer = &JailerConfig{Bin: jailerBin, UID: 65534, GID: 65534, ChrootBaseDir: shortTempDir(t)}
 	os.Chmod(cfg.Jailer.ChrootBaseDir, 0o755)
