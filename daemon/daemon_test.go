@@ -30,7 +30,7 @@ var (
 // testConfig returns a config for dir with the two test stacks. The unix
 // socket lives in a short directory of its own because socket paths are
 // limited to about 108 bytes.
-func testConfig(t *testing.T, dir string) string {
+func testConfig(t testing.TB, dir string) string {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "wpd")
 	if err != nil {
@@ -85,7 +85,7 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func writeConfig(t *testing.T, path, text string) {
+func writeConfig(t testing.TB, path, text string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func writeConfig(t *testing.T, path, text string) {
 
 // startTestDaemon starts a daemon from configText with provider p (a new
 // sim provider if nil) and stops it when the test ends.
-func startTestDaemon(t *testing.T, configText string, p *sim.Provider) *testDaemon {
+func startTestDaemon(t testing.TB, configText string, p *sim.Provider) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "warmpool.yaml")
