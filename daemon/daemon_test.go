@@ -470,3 +470,23 @@ func TestStaleSocketRemoved(t *testing.T) {
 func newTestLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+func TestServeLoopbackTCP(t *testing.T) {
+	text := strings.Replace(testConfig(t, t.TempDir()), "listen:\n", "listen:\n  tcp: 127.0.0.1:0\n", 1)
+	td := startTestDaemon(t, text, nil)
+	addrs := td.Addrs()
+	if len(addrs) != 2 {
+		t.Fatalf("addresses = %v, want a unix socket and a TCP address", addrs)
+	}
+	if addrs[1].Network() != "tcp" {
+		t.Fatalf("second address = %v, want tcp", addrs[1])
+	}
+	resp, err := http.Get("http://" + addrs[1].String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /healthz over TCP: status %d, want 200", resp.StatusCode)
+	}
+}
