@@ -216,6 +216,9 @@ func (d *Daemon) acquireCold(ctx context.Context, key vm.StackKey) (state.Record
 	if err := d.store.Put(rec); err != nil {
 		return state.Record{}, "error", &apiError{status: http.StatusInternalServerError, msg: "record cold restore: " + err.Error()}
 	}
+	// Shutdown waits for restoring records to clear, so it must hear when
+	// this one does.
+	defer d.notifyRecordsChanged()
 
 	rctx, cancel := context.WithTimeout(ctx, d.config().Pool.RestoreTimeout)
 	inst, err := d.provider.Restore(rctx, id, key, snap)

@@ -63,11 +63,10 @@ type Daemon struct {
 	// reloadMu serializes Reload calls, which change the pool's buckets.
 	reloadMu sync.Mutex
 
-	server     *http.Server
-	listeners  []net.Listener
-	socketPath string
-	serveDone  chan struct{}
-	serveErr   error
+	server    *http.Server
+	listeners []net.Listener
+	serveDone chan struct{}
+	serveErr  error
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -179,7 +178,6 @@ func (d *Daemon) listen(lc ListenConfig) error {
 	if err != nil {
 		return err
 	}
-	d.socketPath = lc.Socket
 	d.listeners = append(d.listeners, unixLn)
 	if lc.TCP != "" {
 		tcpLn, err := listenTCP(lc.TCP)
@@ -192,10 +190,9 @@ func (d *Daemon) listen(lc ListenConfig) error {
 	return nil
 }
 
-// closeListeners closes the listeners of a daemon that failed to start.
-// It removes the socket file first, because the listener does not unlink it.
+// closeListeners closes the listeners of a daemon that failed to start,
+// which also removes the socket file.
 func (d *Daemon) closeListeners() {
-	os.Remove(d.socketPath)
 	for _, ln := range d.listeners {
 		ln.Close()
 	}
@@ -251,11 +248,8 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 	d.log.Info("daemon stopping")
 	var errs []error
 
-	// Remove the socket before closing it so that a new daemon that has
-	// already replaced it keeps its own socket file.
-	if d.socketPath != "" {
-		os.Remove(d.socketPath)
-	}
+	// Shutdown closes the listeners, and closing the unix listener removes
+	// its socket file.
 	httpCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	if err := d.server.Shutdown(httpCtx); err != nil {
 		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))

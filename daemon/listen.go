@@ -24,9 +24,6 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	// Close must not unlink the socket of a daemon that replaced this one,
-	// so shutdown removes the file itself, before closing.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		os.Remove(path)
