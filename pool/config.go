@@ -64,6 +64,10 @@ type Config struct {
 	Clock clockwork.Clock
 	// Hooks are notified of the pool's lifecycle events.
 	Hooks Hooks
+
+	// afterPass, if set, runs on the refiller after each refill pass. Tests
+	// use it to wait for a pass instead of sleeping.
+	afterPass func()
 }
 
 // DefaultConfig returns a config suitable for VMs that restore in well under

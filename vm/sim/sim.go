@@ -97,6 +97,8 @@ type Provider struct {
 	// live maps a VM id to its *simVM, so that Check reads it without a
 	// lock.
 	live sync.Map
+	// waiting counts calls blocked on their latency or hang.
+	waiting atomic.Int64
 
 	// mu guards rng and the ledger fields below. It is never held while a
 	// call waits for its latency.
@@ -245,6 +247,13 @@ func (p *Provider) DoubleDestroys() []string {
 	return slices.Clone(p.doubleDestroys)
 }
 
+// Waiting returns the number of calls blocked on their latency or hung. A
+// test on a fake clock waits for it before it advances the clock, because an
+// advance before a call starts waiting does not end that call's wait.
+func (p *Provider) Waiting() int {
+	return int(p.waiting.Load())
+}
+
 // draw decides from the random source whether a call hangs or fails and
 // how long it takes.
 func (p *Provider) draw(failureRate float64, latency, jitter time.Duration) (hang, fail bool, delay time.Duration) {
@@ -263,6 +272,8 @@ func (p *Provider) draw(failureRate float64, latency, jitter time.Duration) (han
 // if ctx is done first.
 func (p *Provider) wait(ctx context.Context, hang bool, delay time.Duration) error {
 	if hang {
+		p.waiting.Add(1)
+		defer p.waiting.Add(-1)
 		<-ctx.Done()
 		return ctx.Err()
 	}
@@ -274,10 +285,13 @@ func (p *Provider) wait(ctx context.Context, hang bool, delay time.Duration) err
 			return nil
 		}
 	}
+	timer := p.clock.After(delay)
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-p.clock.After(delay):
+	case <-timer:
 		return nil
 	}
 }

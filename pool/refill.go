@@ -1,0 +1,282 @@
+package pool
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/warmpool/warmpool/vm"
+)
+
+// runRefiller is the refiller: the one goroutine that decides which restores
+// to start, which VMs to retire for age and when to probe. It never calls
+// the provider itself, so a slow VMM cannot stall its decisions. It returns
+// when Close cancels the pool's lifetime.
+func (p *Pool) runRefiller(t refillTimers) {
+	defer p.workers.done()
+	defer t.stop()
+
+	rotation := 0
+	for {
+		select {
+		case <-p.lifetime.Done():
+			return
+		case <-p.wake:
+		case <-t.tick.Chan():
+		case <-t.deadline.Chan():
+		case <-t.probeTick():
+			p.startProbeRound()
+			continue
+		}
+		next := p.refillPass(rotation)
+		rotation++
+		if p.cfg.afterPass != nil {
+			p.cfg.afterPass()
+		}
+		if !next.IsZero() {
+			t.deadline.Reset(max(p.clock.Until(next), time.Millisecond))
+		}
+	}
+}
+
+// refillTimers are the refiller's clocks. New creates them before it starts
+// the refiller, so that a test that advances a fake clock right after New
+// fires them.
+type refillTimers struct {
+	tick  clockwork.Ticker
+	probe clockwork.Ticker // nil when probing is off
+	// deadline fires at the next backoff end or age expiry, which may come
+	// before the next tick.
+	deadline clockwork.Timer
+}
+
+func newRefillTimers(clock clockwork.Clock, cfg Config) refillTimers {
+	t := refillTimers{
+		tick:     clock.NewTicker(cfg.RefillInterval),
+		deadline: clock.NewTimer(cfg.RefillInterval),
+	}
+	if cfg.ProbeInterval > 0 {
+		t.probe = clock.NewTicker(cfg.ProbeInterval)
+	}
+	return t
+}
+
+// probeTick returns the probe ticker's channel, or nil, which never
+// receives, when probing is off.
+func (t refillTimers) probeTick() <-chan time.Time {
+	if t.probe == nil {
+		return nil
+	}
+	return t.probe.Chan()
+}
+
+func (t refillTimers) stop() {
+	t.tick.Stop()
+	t.deadline.Stop()
+	if t.probe != nil {
+		t.probe.Stop()
+	}
+}
+
+// refillPass retires VMs past MaxAge, starts the restores that the buckets
+// need within RestoreConcurrency, and returns the earliest time at which a
+// bucket's backoff ends or a VM expires, or zero if there is none.
+func (p *Pool) refillPass(rotation int) time.Time {
+	if p.lifetime.Err() != nil {
+		return time.Time{}
+	}
+	now := p.clock.Now()
+	buckets := p.reg.Load().list
+	needs := make([]int, len(buckets))
+	var next time.Time
+	for i, b := range buckets {
+		var expired []*entry
+		expired, needs[i] = p.planBucket(b, now, &next)
+		for _, e := range expired {
+			b.counters.aged.Add(1)
+			p.evictInBackground(e.inst, EvictAge, nil)
+		}
+	}
+
+	free := p.cfg.RestoreConcurrency - int(p.inflight.Load())
+	for i, n := range shareRestores(needs, free, rotation) {
+		if n == 0 {
+			continue
+		}
+		b := buckets[i]
+		b.mu.Lock()
+		if b.removedBy != "" {
+			b.mu.Unlock()
+			continue
+		}
+		// restoring and inflight go up here, before the workers start, and
+		// each worker takes its own share back in finishRestore.
+		b.restoring += n
+		b.mu.Unlock()
+		p.inflight.Add(int64(n))
+		for range n {
+			p.workers.add()
+			go p.restore(b)
+		}
+	}
+	return next
+}
+
+// planBucket removes the bucket's expired VMs and returns them with the
+// number of restores the bucket needs. It moves next back to the bucket's
+// next deadline if that comes first.
+func (p *Pool) planBucket(b *bucket, now time.Time, next *time.Time) ([]*entry, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.removedBy != "" {
+		return nil, 0
+	}
+
+	restoredAt := make([]time.Time, b.warm.len())
+	for i := range restoredAt {
+		restoredAt[i] = b.warm.at(i).inst.RestoredAt
+	}
+	expired := b.warm.removeAt(expiredIndices(restoredAt, now, p.cfg.MaxAge))
+	for i := range b.warm.len() {
+		earlier(next, b.warm.at(i).inst.RestoredAt.Add(p.cfg.MaxAge))
+	}
+
+	if now.Before(b.retryAt) {
+		earlier(next, b.retryAt)
+		return expired, 0
+	}
+	var need int
+	need, b.filling = planRefill(b.warm.len(), b.restoring, b.minDepth, b.maxDepth, b.filling)
+	return expired, need
+}
+
+func earlier(next *time.Time, t time.Time) {
+	if next.IsZero() || t.Before(*next) {
+		*next = t
+	}
+}
+
+// restore runs one Provider.Restore for b and makes the VM warm, or records
+// the failure and the bucket's backoff.
+func (p *Pool) restore(b *bucket) {
+	defer p.workers.done()
+
+	id := NewVMID(b.key)
+	if h := p.cfg.Hooks.RestoreStarted; h != nil {
+		h(id, b.key, b.snap)
+	}
+	start := p.clock.Now()
+	ctx, cancel := clockwork.WithTimeout(p.lifetime, p.clock, p.cfg.RestoreTimeout)
+	inst, err := p.provider.Restore(ctx, id, b.key, b.snap)
+	cancel()
+	took := p.clock.Since(start)
+
+	if err != nil {
+		p.restoreFailed(b, id, err, took)
+		return
+	}
+	b.counters.restoresOK.Add(1)
+
+	b.mu.Lock()
+	b.restoring--
+	removedBy := b.removedBy
+	if removedBy == "" {
+		b.failures = 0
+		b.retryAt = time.Time{}
+		b.addWarmLocked(&entry{inst: inst})
+	}
+	b.mu.Unlock()
+	p.finishRestore()
+
+	if removedBy != "" {
+		p.disposeLate(inst, removedBy)
+		return
+	}
+	if h := p.cfg.Hooks.Restored; h != nil {
+		h(inst, took)
+	}
+}
+
+func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration) {
+	b.counters.restoresFailed.Add(1)
+	now := p.clock.Now()
+
+	b.mu.Lock()
+	b.restoring--
+	b.failures++
+	retryIn := backoffDelay(b.failures, p.cfg.BackoffInitial, p.cfg.BackoffMax, rand.Float64())
+	b.retryAt = now.Add(retryIn)
+	b.lastErr = err.Error()
+	b.lastErrAt = now
+	b.mu.Unlock()
+	p.finishRestore()
+
+	if h := p.cfg.Hooks.RestoreFailed; h != nil {
+		h(id, b.key, err, took, retryIn)
+	}
+}
+
+// finishRestore gives back the restore slot taken in refillPass and wakes
+// the refiller so that it can use it.
+func (p *Pool) finishRestore() {
+	p.inflight.Add(-1)
+	p.wakeRefiller()
+}
+
+// startProbeRound starts a probe of every warm VM unless a round is still
+// running.
+func (p *Pool) startProbeRound() {
+	if !p.probing.CompareAndSwap(false, true) {
+		return
+	}
+	type target struct {
+		b    *bucket
+		inst vm.Instance
+	}
+	var targets []target
+	for _, b := range p.reg.Load().list {
+		b.mu.Lock()
+		for i := range b.warm.len() {
+			targets = append(targets, target{b, b.warm.at(i).inst})
+		}
+		b.mu.Unlock()
+	}
+
+	p.workers.add()
+	go func() {
+		defer p.workers.done()
+		defer p.probing.Store(false)
+		for _, t := range targets {
+			if p.lifetime.Err() != nil {
+				return
+			}
+			p.probe(t.b, t.inst)
+		}
+	}()
+}
+
+// probe runs Provider.Probe on inst, which stays warm meanwhile and may be
+// acquired. A failed VM is evicted only if it is still in the bucket, so a
+// VM that was handed out during the probe is never destroyed.
+func (p *Pool) probe(b *bucket, inst vm.Instance) {
+	ctx, cancel := clockwork.WithTimeout(p.lifetime, p.clock, p.cfg.ProbeTimeout)
+	err := p.provider.Probe(ctx, inst)
+	cancel()
+	if err == nil || p.lifetime.Err() != nil {
+		return
+	}
+
+	b.mu.Lock()
+	var found bool
+	if b.removedBy == "" {
+		_, found = b.warm.removeID(inst.ID)
+	}
+	b.mu.Unlock()
+	if !found {
+		return
+	}
+	b.counters.probed.Add(1)
+	p.evictInBackground(inst, EvictProbe, err)
+	p.wakeRefiller()
+}
