@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/warmpool/warmpool/daemon/state"
 	"github.com/warmpool/warmpool/guest"
 	"github.com/warmpool/warmpool/vm"
@@ -25,13 +27,13 @@ import (
 func qemuTemplate(t *testing.T, dir string) (vm.StackKey, vm.Snapshot, string) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not found in PATH: install Debian's qemu-system-x86 to run the crash test")
+		testenv.Skipf(t, "qemu-system-x86_64 not found in PATH: install Debian's qemu-system-x86 to run the crash test")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	g, err := guest.Build(ctx, guest.Options{OutDir: filepath.Join(os.TempDir(), "warmpool-test-guest")})
 	if err != nil {
-		t.Skipf("cannot build the QEMU guest (needs a Debian kernel image and busybox-static): %v", err)
+		testenv.Skipf(t, "cannot build the QEMU guest (needs a Debian kernel image and busybox-static): %v", err)
 	}
 
 	accel := os.Getenv("WARMPOOL_TEST_ACCEL")

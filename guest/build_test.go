@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/warmpool/warmpool/internal/testenv"
 )
 
 // parsedEntry is a cpio member as read back by readCPIO.
@@ -104,7 +106,7 @@ func TestWriteCPIORoundTrip(t *testing.T) {
 // reads it the way the kernel does.
 func TestWriteCPIOReadByGNUCpio(t *testing.T) {
 	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not found in PATH; install Debian's cpio to run this test")
+		testenv.Skipf(t, "cpio not found in PATH; install Debian's cpio to run this test")
 	}
 	var buf bytes.Buffer
 	entries := []cpioEntry{
@@ -170,10 +172,10 @@ func TestBuildRejectsMissingInputs(t *testing.T) {
 // a second build into the same directory is a cache hit.
 func TestBuildIsCachedAndRepeatable(t *testing.T) {
 	if _, err := FindKernel(t.Context()); err != nil {
-		t.Skipf("no guest kernel on this host: %v", err)
+		testenv.Skipf(t, "no guest kernel on this host: %v", err)
 	}
 	if _, err := FindBusybox(t.Context()); err != nil {
-		t.Skipf("no busybox on this host: %v", err)
+		testenv.Skipf(t, "no busybox on this host: %v", err)
 	}
 	first, err := Build(t.Context(), Options{OutDir: filepath.Join(t.TempDir(), "a")})
 	if err != nil {

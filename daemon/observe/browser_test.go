@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/chromedp/chromedp"
 	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,7 +139,7 @@ func pageText(ctx context.Context, t *testing.T, selector string) string {
 func TestStatusPageInBrowser(t *testing.T) {
 	chromium := findChromium()
 	if chromium == "" {
-		t.Skip("no Chromium binary found (looked for /usr/bin/chromium, chromium, chromium-browser); install Debian's chromium package to run this test")
+		testenv.Skipf(t, "no Chromium binary found (looked for /usr/bin/chromium, chromium, chromium-browser); install Debian's chromium package to run this test")
 	}
 
 	rec := New(prometheus.NewRegistry(), clockwork.NewRealClock())

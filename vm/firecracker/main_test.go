@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/warmpool/warmpool/vm"
 	"github.com/warmpool/warmpool/vm/firecracker/api"
 	"github.com/warmpool/warmpool/vm/firecracker/internal/fcemu"
@@ -82,10 +84,10 @@ func shortTempDir(t *testing.T) string {
 func requireEmulator(t *testing.T) {
 	t.Helper()
 	if emulatorBin == "" {
-		t.Skip(skipReason)
+		testenv.Skipf(t, "%s", skipReason)
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("the emulator opens TAP devices and network namespaces: run the tests as root")
+		testenv.Skipf(t, "the emulator opens TAP devices and network namespaces: run the tests as root")
 	}
 }
 

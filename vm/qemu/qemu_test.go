@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/warmpool/warmpool/guest"
 	"github.com/warmpool/warmpool/vm"
 )
@@ -22,7 +24,7 @@ import (
 func testGuest(t *testing.T) guest.Guest {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not found in PATH; install Debian's qemu-system-x86 to run this test")
+		testenv.Skipf(t, "qemu-system-x86_64 not found in PATH; install Debian's qemu-system-x86 to run this test")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/warmpool/warmpool/vm/firecracker/internal/fcspec"
 )
 
@@ -26,7 +28,7 @@ func loadSpec(t *testing.T) *fcspec.Spec {
 	}
 	path := fcspec.Locate(wd)
 	if path == "" {
-		t.Skipf("Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
+		testenv.Skipf(t, "Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
 	}
 	spec, err := fcspec.Load(path)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/warmpool/warmpool/internal/testenv"
+
 	"github.com/warmpool/warmpool/vm/firecracker/api"
 	"github.com/warmpool/warmpool/vm/firecracker/internal/fcspec"
 )
@@ -18,7 +20,7 @@ func newTestEmulator(t *testing.T, version string) *Emulator {
 	wd, _ := os.Getwd()
 	path := fcspec.Locate(wd)
 	if path == "" {
-		t.Skipf("Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
+		testenv.Skipf(t, "Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
 	}
 	spec, err := fcspec.Load(path)
 	if err != nil {
