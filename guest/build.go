@@ -1,18 +1,20 @@
-// Package guest builds the guest that warmpool's QEMU VMs boot: Debian's
-// cloud kernel and an initramfs whose /init is a small static Go agent
-// (see guest/agent) with busybox beside it for debugging.
+// Package guest builds the guest that warmpool's VMs boot: Debian's cloud
+// kernel and an initramfs whose /init is a small static Go agent (see
+// guest/agent) with busybox beside it for debugging. QEMU boots both. The
+// same initramfs serves Firecracker, with an uncompressed kernel that the
+// user supplies, because the agent detects which channel to speak on.
 //
 // The build reads only what Debian packages install (linux-image-cloud-amd64,
-// busybox-static) and the Go toolchain, and it is cached: Build skips the
-// work when the output directory already holds a guest built from the same
-// inputs.
+// busybox-static), the Go toolchain and the agent's one module dependency,
+// golang.org/x/sys. It is cached: Build skips the work when the output
+// directory already contains a guest built from the same inputs.
 package guest
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	_ "embed"
+	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,12 +26,16 @@ import (
 	"strings"
 )
 
-//go:embed agent/main.go
-var agentSource []byte
+// agentFiles contains the agent's source and that of the protocol package it
+// shares with the Firecracker provider, so that Build works from a binary
+// without the repository at hand.
+//
+//go:embed agent/*.go vsockproto/*.go
+var agentFiles embed.FS
 
 // buildFormat changes whenever the layout of the initramfs changes, so that
 // cached guests built by older code are rebuilt.
-const buildFormat = "warmpool-guest-1"
+const buildFormat = "warmpool-guest-2"
 
 // File names inside a guest directory.
 const (
@@ -175,8 +181,15 @@ func Load(dir string) (Guest, error) {
 // buildKey hashes every input of the build.
 func buildKey(kernel, busybox, goVersion string) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n", buildFormat, goVersion)
-	h.Write(agentSource)
+	fmt.Fprintf(h, "%s\n%s\n%s%s", buildFormat, goVersion, agentGoMod, agentGoSum)
+	sources, err := agentSources()
+	if err != nil {
+		return "", fmt.Errorf("guest build: %w", err)
+	}
+	for _, src := range sources {
+		fmt.Fprintf(h, "%s %d\n", src.path, len(src.data))
+		h.Write(src.data)
+	}
 	for _, path := range []string{kernel, busybox} {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -222,8 +235,10 @@ func buildInitramfs(ctx context.Context, opts Options) ([]byte, error) {
 }
 
 // buildAgent compiles the embedded agent source as a static linux/amd64
-// binary in a throwaway module. The flags drop paths, symbols and the
-// build id, so the same source and toolchain give the same bytes.
+// binary in a throwaway copy of the module that holds only the agent's
+// packages. The flags drop paths, symbols and the build id, so the same
+// source and toolchain give the same bytes. golang.org/x/sys comes from
+// the module cache, or else through GOPROXY.
 func buildAgent(ctx context.Context, goBinary string) ([]byte, error) {
 	dir, err := os.MkdirTemp("", "warmpool-agent-")
 	if err != nil {
@@ -231,20 +246,16 @@ func buildAgent(ctx context.Context, goBinary string) ([]byte, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	gomod := "module warmpool.invalid/agent\n\ngo 1.22\n"
-	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
-		return nil, fmt.Errorf("guest build: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "main.go"), agentSource, 0o644); err != nil {
+	if err := writeAgentModule(dir); err != nil {
 		return nil, fmt.Errorf("guest build: %w", err)
 	}
 
-	out := filepath.Join(dir, "agent")
+	out := filepath.Join(dir, "agent.bin")
 	cmd := exec.CommandContext(ctx, goBinary, "build", "-trimpath",
-		"-ldflags=-s -w -buildid=", "-o", out, ".")
+		"-ldflags=-s -w -buildid=", "-o", out, "./"+agentDir)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64",
-		"GOFLAGS=", "GOTOOLCHAIN=local", "GOWORK=off")
+		"GOFLAGS=-mod=readonly", "GOTOOLCHAIN=local", "GOWORK=off")
 	if output, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("guest build: go build agent: %w\n%s", err, output)
 	}

@@ -1,91 +1,85 @@
 //go:build linux
 
 // Command agent is the guest's /init. It mounts the kernel file systems,
-// then speaks a line protocol on the agent serial port (ttyS1):
+// then sends readiness and heartbeats to the host and replies to its health
+// probes over one of two channels:
 //
-//	guest -> host  "ready"       once, when the agent starts
-//	guest -> host  "hb SEQ"      every heartbeat interval
-//	host -> guest  "ping TOKEN"  health probe
-//	guest -> host  "pong TOKEN"  reply to a probe
+//   - vsock, for the Firecracker provider, when the kernel has a guest vsock
+//     transport. The protocol is in package vsockproto.
+//   - the serial port ttyS1 otherwise, for the QEMU provider. The protocol
+//     is described in serial.go.
 //
-// It uses only the standard library so it builds with a bare Go toolchain.
+// The kernel command line can set these parameters:
+//
+//	warmpool.channel=serial|vsock  skip the detection and use this channel
+//	warmpool.agent_port=N          vsock port for pings, default 10000
+//	warmpool.heartbeat_port=N      host vsock port for heartbeats, default 10001
+//	warmpool.debug=1               start a busybox shell on ttyS0
+//
+// It uses only the standard library, golang.org/x/sys/unix and package
+// vsockproto, so that it stays small and builds statically.
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
-const (
-	agentPort         = "/dev/ttyS1"
-	heartbeatInterval = 100 * time.Millisecond
-)
+// heartbeatInterval is the time between heartbeats on either channel. The
+// QEMU provider's heartbeat limit and the Firecracker provider's
+// heartbeat_timeout must be well above it.
+const heartbeatInterval = 100 * time.Millisecond
 
 func main() {
 	logf("starting")
 	mountAll()
 
-	port, err := openRawPort(agentPort)
+	opts, err := parseCmdline(readFile("/proc/cmdline"))
 	if err != nil {
-		logf("open %s: %v", agentPort, err)
-		halt()
+		logf("%v", err)
+		halt(false)
 	}
-
-	if strings.Contains(readFile("/proc/cmdline"), "warmpool.debug=1") {
+	if opts.debug {
 		go runDebugShell()
 	}
 
-	var writeMu sync.Mutex
-	send := func(line string) {
-		writeMu.Lock()
-		defer writeMu.Unlock()
-		if _, err := port.WriteString(line + "\n"); err != nil {
-			logf("write %s: %v", agentPort, err)
-		}
+	channel := opts.channel
+	if channel == "" {
+		channel = detectChannel()
 	}
 
-	send("ready")
-	logf("ready")
-	go sendHeartbeats(send)
-	serveRequests(port, send)
-
-	// The port never reaches EOF on a working system, so this is a fault.
-	logf("agent port closed")
-	halt()
-}
-
-func sendHeartbeats(send func(string)) {
-	ticker := time.NewTicker(heartbeatInterval)
-	defer ticker.Stop()
-
-	for seq := uint64(1); ; seq++ {
-		<-ticker.C
-		send(fmt.Sprintf("hb %d", seq))
+	switch channel {
+	case channelVsock:
+		err := runVsock(opts.agentPort, opts.heartbeatPort)
+		logf("vsock channel: %v", err)
+		halt(true)
+	default:
+		port, err := openRawPort(agentPort)
+		if err != nil {
+			logf("open %s: %v", agentPort, err)
+			halt(false)
+		}
+		runSerial(port)
+		// The port never reaches EOF on a working system, so this is a fault.
+		logf("agent port closed")
+		halt(false)
 	}
 }
 
-// serveRequests replies to each "ping TOKEN" line until the port fails.
-// Other lines are ignored because the host may connect in the middle of a
-// line and send a partial one.
-func serveRequests(port *os.File, send func(string)) {
-	scanner := bufio.NewScanner(port)
-	for scanner.Scan() {
-		line := strings.TrimSpace(scanner.Text())
-		token, ok := strings.CutPrefix(line, "ping ")
-		if ok {
-			send("pong " + token)
-		}
+// detectChannel picks vsock when the kernel has a guest vsock transport,
+// and the serial port otherwise. Firecracker has no second serial port,
+// and the QEMU provider attaches no vsock device.
+func detectChannel() string {
+	cid, err := localVsockCID()
+	if err != nil {
+		logf("using %s: no vsock: %v", agentPort, err)
+		return channelSerial
 	}
-	if err := scanner.Err(); err != nil {
-		logf("read %s: %v", agentPort, err)
-	}
+	logf("using vsock, local CID %d", cid)
+	return channelVsock
 }
 
 func mountAll() {
@@ -104,44 +98,6 @@ func mountAll() {
 			logf("mount %s: %v", m.target, err)
 		}
 	}
-}
-
-// openRawPort opens a serial port and switches it to raw mode, so the tty
-// layer neither echoes the host's requests back nor rewrites line endings.
-func openRawPort(path string) (*os.File, error) {
-	port, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOCTTY, 0)
-	if err != nil {
-		return nil, err
-	}
-
-	var t syscall.Termios
-	if err := ioctl(port.Fd(), syscall.TCGETS, unsafe.Pointer(&t)); err != nil {
-		port.Close()
-		return nil, fmt.Errorf("get termios: %w", err)
-	}
-
-	t.Iflag &^= syscall.IGNBRK | syscall.BRKINT | syscall.PARMRK | syscall.ISTRIP |
-		syscall.INLCR | syscall.IGNCR | syscall.ICRNL | syscall.IXON
-	t.Oflag &^= syscall.OPOST
-	t.Lflag &^= syscall.ECHO | syscall.ECHONL | syscall.ICANON | syscall.ISIG | syscall.IEXTEN
-	t.Cflag &^= syscall.CSIZE | syscall.PARENB
-	t.Cflag |= syscall.CS8 | syscall.CLOCAL
-	t.Cc[syscall.VMIN] = 1
-	t.Cc[syscall.VTIME] = 0
-
-	if err := ioctl(port.Fd(), syscall.TCSETS, unsafe.Pointer(&t)); err != nil {
-		port.Close()
-		return nil, fmt.Errorf("set termios: %w", err)
-	}
-	return port, nil
-}
-
-func ioctl(fd uintptr, request uintptr, arg unsafe.Pointer) error {
-	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, request, uintptr(arg))
-	if errno != 0 {
-		return errno
-	}
-	return nil
 }
 
 // runDebugShell starts busybox's shell on the console when the kernel
@@ -174,12 +130,19 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "warmpool-agent: "+format+"\n", args...)
 }
 
-// halt powers the guest off so that QEMU exits instead of leaving a guest
-// without an agent running. PID 1 must never return.
-func halt() {
+// halt stops the guest so that the VMM exits instead of leaving a guest
+// without an agent running. PID 1 must never return. QEMU exits on power
+// off. Firecracker has no power-off device but exits when the guest
+// resets the CPU, which a restart does with the boot argument reboot=k,
+// so reset selects a restart.
+func halt(reset bool) {
 	syscall.Sync()
-	if err := syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
-		logf("power off: %v", err)
+	cmd := syscall.LINUX_REBOOT_CMD_POWER_OFF
+	if reset {
+		cmd = syscall.LINUX_REBOOT_CMD_RESTART
+	}
+	if err := syscall.Reboot(cmd); err != nil {
+		logf("reboot(%#x): %v", cmd, err)
 	}
 	select {}
 }

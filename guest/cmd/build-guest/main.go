@@ -1,6 +1,7 @@
 // Command build-guest builds the kernel and initramfs that warmpool's QEMU
-// VMs boot, into the directory given by -out. A second run with the same
-// inputs does nothing.
+// VMs boot, into the directory given by -out. Firecracker VMs boot the same
+// initramfs with an uncompressed kernel of their own. A second run with the
+// same inputs does nothing.
 package main
 
 import (

@@ -1,0 +1,104 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// The serial protocol on the agent port, which the QEMU provider speaks:
+//
+//	guest -> host  "ready"       once, when the agent starts
+//	guest -> host  "hb SEQ"      every heartbeat interval
+//	host -> guest  "ping TOKEN"  health probe
+//	guest -> host  "pong TOKEN"  reply to a probe
+const agentPort = "/dev/ttyS1"
+
+// runSerial speaks the serial protocol on port until the port fails.
+func runSerial(port *os.File) {
+	var writeMu sync.Mutex
+	send := func(line string) {
+		writeMu.Lock()
+		defer writeMu.Unlock()
+		if _, err := port.WriteString(line + "\n"); err != nil {
+			logf("write %s: %v", agentPort, err)
+		}
+	}
+
+	send("ready")
+	logf("ready on %s", agentPort)
+	go sendSerialHeartbeats(send)
+	serveSerialRequests(port, send)
+}
+
+func sendSerialHeartbeats(send func(string)) {
+	ticker := time.NewTicker(heartbeatInterval)
+	defer ticker.Stop()
+
+	for seq := uint64(1); ; seq++ {
+		<-ticker.C
+		send(fmt.Sprintf("hb %d", seq))
+	}
+}
+
+// serveSerialRequests replies to each "ping TOKEN" line until the port
+// fails. Other lines are ignored because the host may connect in the middle
+// of a line and send a partial one.
+func serveSerialRequests(port *os.File, send func(string)) {
+	scanner := bufio.NewScanner(port)
+	for scanner.Scan() {
+		line := strings.TrimSpace(scanner.Text())
+		token, ok := strings.CutPrefix(line, "ping ")
+		if ok {
+			send("pong " + token)
+		}
+	}
+	if err := scanner.Err(); err != nil {
+		logf("read %s: %v", agentPort, err)
+	}
+}
+
+// openRawPort opens a serial port and switches it to raw mode, so the tty
+// layer neither echoes the host's requests back nor rewrites line endings.
+func openRawPort(path string) (*os.File, error) {
+	port, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+
+	var t syscall.Termios
+	if err := ioctl(port.Fd(), syscall.TCGETS, unsafe.Pointer(&t)); err != nil {
+		port.Close()
+		return nil, fmt.Errorf("get termios: %w", err)
+	}
+
+	t.Iflag &^= syscall.IGNBRK | syscall.BRKINT | syscall.PARMRK | syscall.ISTRIP |
+		syscall.INLCR | syscall.IGNCR | syscall.ICRNL | syscall.IXON
+	t.Oflag &^= syscall.OPOST
+	t.Lflag &^= syscall.ECHO | syscall.ECHONL | syscall.ICANON | syscall.ISIG | syscall.IEXTEN
+	t.Cflag &^= syscall.CSIZE | syscall.PARENB
+	t.Cflag |= syscall.CS8 | syscall.CLOCAL
+	t.Cc[syscall.VMIN] = 1
+	t.Cc[syscall.VTIME] = 0
+
+	if err := ioctl(port.Fd(), syscall.TCSETS, unsafe.Pointer(&t)); err != nil {
+		port.Close()
+		return nil, fmt.Errorf("set termios: %w", err)
+	}
+	return port, nil
+}
+
+func ioctl(fd uintptr, request uintptr, arg unsafe.Pointer) error {
+	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, request, uintptr(arg))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
