@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/warmpool/warmpool/guest/vsockproto"
 )
 
 // Network modes for clones of one snapshot. Every clone of a snapshot
@@ -80,8 +82,8 @@ type JailerConfig struct {
 
 // Default values that WithDefaults fills in.
 const (
-	DefaultAgentPort        = 10000
-	DefaultHeartbeatPort    = 10001
+	DefaultAgentPort        = vsockproto.DefaultAgentPort
+	DefaultHeartbeatPort    = vsockproto.DefaultHeartbeatPort
 	DefaultHeartbeatTimeout = 3 * time.Second
 	DefaultHealthTimeout    = 10 * time.Second
 	DefaultSocketTimeout    = 5 * time.Second

@@ -7,18 +7,17 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/warmpool/warmpool/guest/vsockproto"
 	"github.com/warmpool/warmpool/vm/firecracker/api"
 )
 
-// The guest agent protocol. The host opens a connection through
-// Firecracker's vsock socket with "CONNECT <agent port>\n", Firecracker
-// replies "OK <port>\n", and then each "PING <token>\n" gets "PONG <token>\n"
-// from the agent. The agent also connects to the host on the heartbeat port
+// The guest agent protocol is in package vsockproto, which the guest agent
+// in guest/agent shares. The host pings the agent through Firecracker's
+// vsock socket. The agent connects to the host on the heartbeat port
 // (Firecracker forwards it to "<vsock socket>_<port>") and writes a line at
 // least once per heartbeat timeout.
 
@@ -117,28 +116,12 @@ func ping(ctx context.Context, udsPath string, port uint32) error {
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 
-	r := bufio.NewReader(conn)
-	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
-		return fmt.Errorf("guest ping: connect to port %d: %w", port, err)
-	}
-	line, err := r.ReadString('\n')
+	agent, err := vsockproto.Connect(conn, port)
 	if err != nil {
-		return fmt.Errorf("guest ping: connect to port %d: no response from the vsock device: %w", port, err)
-	}
-	if !strings.HasPrefix(line, "OK ") {
-		return fmt.Errorf("guest ping: connect to port %d: unexpected reply %q", port, strings.TrimSpace(line))
-	}
-
-	token := strconv.FormatUint(pingCounter.Add(1), 10)
-	if _, err := fmt.Fprintf(conn, "PING %s\n", token); err != nil {
 		return fmt.Errorf("guest ping: %w", err)
 	}
-	line, err = r.ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("guest ping: no reply from the guest agent: %w", err)
-	}
-	if got := strings.TrimSpace(line); got != "PONG "+token {
-		return fmt.Errorf("guest ping: unexpected reply %q, want %q", got, "PONG "+token)
+	if err := agent.Ping(strconv.FormatUint(pingCounter.Add(1), 10)); err != nil {
+		return fmt.Errorf("guest ping: %w", err)
 	}
 	return nil
 }
