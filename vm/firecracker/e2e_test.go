@@ -14,12 +14,15 @@ import (
 )
 
 // TestRealFirecracker runs template, pool fill, acquire, probe and destroy
-// against a real Firecracker binary and KVM.
+// against a real Firecracker binary and KVM. The guest is the kernel at
+// FIRECRACKER_KERNEL with the initramfs at FIRECRACKER_INITRD, the root
+// file system image at FIRECRACKER_ROOTFS, or both.
 func TestRealFirecracker(t *testing.T) {
-	bin, kernel, rootfs := os.Getenv("FIRECRACKER_BIN"), os.Getenv("FIRECRACKER_KERNEL"), os.Getenv("FIRECRACKER_ROOTFS")
-	if bin == "" || kernel == "" || rootfs == "" {
-		t.Skip("set FIRECRACKER_BIN, FIRECRACKER_KERNEL and FIRECRACKER_ROOTFS to run against a real Firecracker; " +
-			"the root file system must start the warmpool guest agent (see README.md)")
+	bin, kernel := os.Getenv("FIRECRACKER_BIN"), os.Getenv("FIRECRACKER_KERNEL")
+	initrd, rootfs := os.Getenv("FIRECRACKER_INITRD"), os.Getenv("FIRECRACKER_ROOTFS")
+	if bin == "" || kernel == "" || initrd == "" && rootfs == "" {
+		t.Skip("set FIRECRACKER_BIN, FIRECRACKER_KERNEL and FIRECRACKER_INITRD or FIRECRACKER_ROOTFS " +
+			"to run against a real Firecracker; the guest must start the warmpool guest agent (see README.md)")
 	}
 	kvm, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
@@ -27,6 +30,10 @@ func TestRealFirecracker(t *testing.T) {
 	}
 	kvm.Close()
 
+	var drives []TemplateDrive
+	if rootfs != "" {
+		drives = append(drives, TemplateDrive{DriveID: "rootfs", Path: rootfs, Root: true})
+	}
 	p := newTestProvider(t, Config{FirecrackerBin: bin, StateDir: shortTempDir(t)})
 	key := vm.StackKey{Name: "e2e", Version: "1", VCPUs: 1, MemoryMiB: 128}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -36,8 +43,9 @@ func TestRealFirecracker(t *testing.T) {
 		SnapshotDir: shortTempDir(t),
 		Stack:       key,
 		KernelImage: kernel,
+		InitrdPath:  initrd,
 		BootArgs:    "console=ttyS0 reboot=k panic=1 pci=off",
-		Drives:      []TemplateDrive{{DriveID: "rootfs", Path: rootfs, Root: true}},
+		Drives:      drives,
 	})
 	if err != nil {
 		t.Fatalf("template: %v", err)
