@@ -13,23 +13,26 @@ type entry struct {
 	inst vm.Instance
 }
 
-// fifo is a ring buffer of warm entries, oldest first. Pop and push cost no
-// allocation once the ring has grown to the bucket's depth.
+// fifo is a ring buffer of warm entries, oldest first. It stores entries by
+// value, so pop and push cost no allocation once the ring has grown to the
+// bucket's depth.
 type fifo struct {
-	buf  []*entry
+	buf  []entry
 	head int
 	n    int
 }
 
 func (q *fifo) len() int { return q.n }
 
-func (q *fifo) at(i int) *entry { return q.buf[(q.head+i)%len(q.buf)] }
+// at returns the entry at position i, counted from the oldest. The pointer
+// is valid until the next change to q.
+func (q *fifo) at(i int) *entry { return &q.buf[(q.head+i)%len(q.buf)] }
 
-func (q *fifo) push(e *entry) {
+func (q *fifo) push(e entry) {
 	if q.n == len(q.buf) {
-		grown := make([]*entry, max(4, 2*len(q.buf)))
+		grown := make([]entry, max(4, 2*len(q.buf)))
 		for i := range q.n {
-			grown[i] = q.at(i)
+			grown[i] = *q.at(i)
 		}
 		q.buf = grown
 		q.head = 0
@@ -38,29 +41,30 @@ func (q *fifo) push(e *entry) {
 	q.n++
 }
 
-// popOldest removes and returns the oldest entry, or nil if q is empty.
-func (q *fifo) popOldest() *entry {
+// popOldest removes and returns the oldest entry. It reports false if q is
+// empty.
+func (q *fifo) popOldest() (entry, bool) {
 	if q.n == 0 {
-		return nil
+		return entry{}, false
 	}
 	e := q.buf[q.head]
-	q.buf[q.head] = nil
+	q.buf[q.head] = entry{} // drop references so the strings can be freed
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
-	return e
+	return e, true
 }
 
 // removeAt removes the entries at the given ascending positions, keeps the
 // order of the others, and returns the removed entries.
-func (q *fifo) removeAt(positions []int) []*entry {
+func (q *fifo) removeAt(positions []int) []entry {
 	if len(positions) == 0 {
 		return nil
 	}
-	removed := make([]*entry, 0, len(positions))
-	kept := make([]*entry, 0, q.n)
+	removed := make([]entry, 0, len(positions))
+	kept := make([]entry, 0, q.n)
 	next := 0
 	for i := range q.n {
-		e := q.at(i)
+		e := *q.at(i)
 		if next < len(positions) && positions[next] == i {
 			removed = append(removed, e)
 			next++
@@ -77,23 +81,26 @@ func (q *fifo) removeAt(positions []int) []*entry {
 
 // removeID removes the entry of the VM with the given id and reports whether
 // it was there.
-func (q *fifo) removeID(id string) (*entry, bool) {
+func (q *fifo) removeID(id string) bool {
 	for i := range q.n {
-		if e := q.at(i); e.inst.ID == id {
+		if q.at(i).inst.ID == id {
 			q.removeAt([]int{i})
-			return e, true
+			return true
 		}
 	}
-	return nil, false
+	return false
 }
 
 // drain empties q and returns its entries, oldest first.
-func (q *fifo) drain() []*entry {
-	out := make([]*entry, 0, q.n)
-	for q.n > 0 {
-		out = append(out, q.popOldest())
+func (q *fifo) drain() []entry {
+	out := make([]entry, 0, q.n)
+	for {
+		e, ok := q.popOldest()
+		if !ok {
+			return out
+		}
+		out = append(out, e)
 	}
-	return out
 }
 
 // cacheLine is the size that keeps the atomic counters of different buckets
@@ -141,20 +148,21 @@ type bucket struct {
 	_        [cacheLine]byte
 }
 
-// popOldest removes the oldest warm entry. It returns nil when the bucket is
-// empty, and the reason when the bucket has been removed.
-func (b *bucket) popOldest() (e *entry, left int, removedBy EvictReason) {
+// popOldest removes the oldest warm entry. It reports ok false when the
+// bucket is empty, and returns the reason when the bucket has been removed.
+// left is the number of warm and restoring VMs that remain.
+func (b *bucket) popOldest() (e entry, ok bool, left int, removedBy EvictReason) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.removedBy != "" {
-		return nil, 0, b.removedBy
+		return entry{}, false, 0, b.removedBy
 	}
-	e = b.warm.popOldest()
-	return e, b.warm.len() + b.restoring, ""
+	e, ok = b.warm.popOldest()
+	return e, ok, b.warm.len() + b.restoring, ""
 }
 
 // addWarmLocked makes e warm and wakes any AcquireWait on the bucket.
-func (b *bucket) addWarmLocked(e *entry) {
+func (b *bucket) addWarmLocked(e entry) {
 	b.warm.push(e)
 	b.signalLocked()
 }
@@ -167,7 +175,7 @@ func (b *bucket) signalLocked() {
 }
 
 // removeLocked marks the bucket removed and returns its warm entries.
-func (b *bucket) removeLocked(reason EvictReason) []*entry {
+func (b *bucket) removeLocked(reason EvictReason) []entry {
 	b.removedBy = reason
 	b.signalLocked()
 	return b.warm.drain()

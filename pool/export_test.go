@@ -12,7 +12,7 @@ import (
 func (p *Pool) PutBack(key vm.StackKey, h Handle) {
 	b := p.reg.Load().byKey[key]
 	b.mu.Lock()
-	b.warm.push(&entry{inst: h.Instance})
+	b.warm.push(entry{inst: h.Instance})
 	b.mu.Unlock()
 }
 

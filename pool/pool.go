@@ -188,17 +188,17 @@ func (p *Pool) Acquire(ctx context.Context, key vm.StackKey) (Handle, error) {
 		return Handle{}, fmt.Errorf("%w: %s", ErrUnknownStack, key)
 	}
 	for {
-		e, left, removedBy := b.popOldest()
+		e, ok, left, removedBy := b.popOldest()
 		if removedBy == EvictClose {
 			return Handle{}, ErrClosed
 		}
 		if removedBy != "" {
 			return Handle{}, fmt.Errorf("%w: %s", ErrUnknownStack, key)
 		}
-		if e == nil || left < b.minDepth {
+		if !ok || left < b.minDepth {
 			p.wakeRefiller()
 		}
-		if e == nil {
+		if !ok {
 			b.counters.misses.Add(1)
 			return Handle{}, fmt.Errorf("%w %s", ErrEmpty, key)
 		}
@@ -266,7 +266,7 @@ func (p *Pool) Adopt(key vm.StackKey, inst vm.Instance) error {
 			return fmt.Errorf("pool: adopt %s: VM is already warm in %s", inst.ID, key)
 		}
 	}
-	b.addWarmLocked(&entry{inst: inst})
+	b.addWarmLocked(entry{inst: inst})
 	return nil
 }
 
@@ -330,7 +330,7 @@ func (r *registry) without(key vm.StackKey) *registry {
 	return out
 }
 
-func instances(entries []*entry) []vm.Instance {
+func instances(entries []entry) []vm.Instance {
 	out := make([]vm.Instance, len(entries))
 	for i, e := range entries {
 		out[i] = e.inst

@@ -146,7 +146,7 @@ func TestAcquireEmptyWakesRefiller(t *testing.T) {
 	if got := f.bucket(key).Misses; got != 1 {
 		t.Errorf("Misses = %d, want 1", got)
 	}
-	// The clock stands still, so only the acquires can have woken the
+	// The clock does not move, so only the acquires can have woken the
 	// refiller for the next restore.
 	f.waitUntil("refill restore started", func() bool { return f.bucket(key).Restoring == 1 })
 }
@@ -652,7 +652,7 @@ func TestCloseNamesVMsItFailedToDestroy(t *testing.T) {
 }
 
 // stuckRestores blocks every Restore until release is closed, ignoring ctx,
-// like a VMM that stopped answering.
+// like a VMM that stopped responding.
 type stuckRestores struct {
 	*sim.Provider
 	release chan struct{}

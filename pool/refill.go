@@ -91,7 +91,7 @@ func (p *Pool) refillPass(rotation int) time.Time {
 	needs := make([]int, len(buckets))
 	var next time.Time
 	for i, b := range buckets {
-		var expired []*entry
+		var expired []entry
 		expired, needs[i] = p.planBucket(b, now, &next)
 		for _, e := range expired {
 			b.counters.aged.Add(1)
@@ -126,7 +126,7 @@ func (p *Pool) refillPass(rotation int) time.Time {
 // planBucket removes the bucket's expired VMs and returns them with the
 // number of restores the bucket needs. It moves next back to the bucket's
 // next deadline if that comes first.
-func (p *Pool) planBucket(b *bucket, now time.Time, next *time.Time) ([]*entry, int) {
+func (p *Pool) planBucket(b *bucket, now time.Time, next *time.Time) ([]entry, int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.removedBy != "" {
@@ -184,7 +184,7 @@ func (p *Pool) restore(b *bucket) {
 	if removedBy == "" {
 		b.failures = 0
 		b.retryAt = time.Time{}
-		b.addWarmLocked(&entry{inst: inst})
+		b.addWarmLocked(entry{inst: inst})
 	}
 	b.mu.Unlock()
 	p.finishRestore()
@@ -270,7 +270,7 @@ func (p *Pool) probe(b *bucket, inst vm.Instance) {
 	b.mu.Lock()
 	var found bool
 	if b.removedBy == "" {
-		_, found = b.warm.removeID(inst.ID)
+		found = b.warm.removeID(inst.ID)
 	}
 	b.mu.Unlock()
 	if !found {
