@@ -198,7 +198,17 @@ func (p *Pool) restore(b *bucket) {
 	}
 }
 
+// restoreFailed records a failed restore and sets the bucket's backoff. A
+// restore that Close cancelled is not a snapshot failure, so it is neither
+// counted nor reported, and only gives back its slot.
 func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration) {
+	if p.lifetime.Err() != nil {
+		b.mu.Lock()
+		b.restoring--
+		b.mu.Unlock()
+		p.finishRestore()
+		return
+	}
 	b.counters.restoresFailed.Add(1)
 	now := p.clock.Now()
 
