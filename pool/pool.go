@@ -161,6 +161,8 @@ func (p *Pool) Unregister(ctx context.Context, key vm.StackKey) error {
 	b.mu.Lock()
 	entries := b.removeLocked(EvictUnregister)
 	b.mu.Unlock()
+	// NOTE: restores still in flight for b finish after this snapshot of its
+	// counters, so the pool-wide RestoresOK and RestoresFailed miss them.
 	p.retired.addBucket(b.stats())
 	p.mu.Unlock()
 
