@@ -15,10 +15,17 @@ import (
 	"github.com/warmpool/warmpool/vm/firecracker/internal/fcspec"
 )
 
+// specPath is the API description's path, located from the package directory
+// when the test binary starts, because some tests change the working
+// directory before they create an emulator.
+var specPath = func() string {
+	wd, _ := os.Getwd()
+	return fcspec.Locate(wd)
+}()
+
 func newTestEmulator(t *testing.T, version string) *Emulator {
 	t.Helper()
-	wd, _ := os.Getwd()
-	path := fcspec.Locate(wd)
+	path := specPath
 	if path == "" {
 		testenv.Skipf(t, "Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
 	}
