@@ -187,7 +187,10 @@ type Hooks struct {
 	// Restored is called once the VM is warm.
 	Restored func(inst vm.Instance, took time.Duration)
 	// RestoreFailed is called after a failed restore. retryIn is the
-	// bucket's backoff before its next restore.
+	// bucket's backoff before its next restore, or 0 for a restore that
+	// Close cancelled. Every RestoreStarted is followed by one Restored or
+	// RestoreFailed, or by Destroyed when the VM landed after its bucket
+	// was removed.
 	RestoreFailed func(id string, key vm.StackKey, err error, took time.Duration, retryIn time.Duration)
 	// Evicted is called before a warm VM is destroyed.
 	Evicted func(inst vm.Instance, reason EvictReason, cause error)

@@ -727,3 +727,29 @@ func TestNewVMIDIsValidAndFresh(t *testing.T) {
 		}
 	}
 }
+
+func TestCloseReportsCancelledRestore(t *testing.T) {
+	f := newFixture(t, fixtureOptions{sim: sim.Config{RestoreLatency: time.Hour}})
+	key := testKey("node")
+	if err := f.pool.Register(key, testSnap, WithDepth(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitUntil("restore started", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.started) == 1
+	})
+
+	if err := f.pool.Close(context.Background()); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	f.mu.Lock()
+	started, failed := slices.Clone(f.started), slices.Clone(f.failed)
+	f.mu.Unlock()
+	if !slices.Equal(failed, started) {
+		t.Errorf("RestoreFailed ids = %v, want the cancelled restore %v", failed, started)
+	}
+	if got := f.pool.Stats().RestoresFailed; got != 0 {
+		t.Errorf("RestoresFailed = %d, want 0: a cancelled restore is not a failure", got)
+	}
+}

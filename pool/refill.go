@@ -200,13 +200,17 @@ func (p *Pool) restore(b *bucket) {
 
 // restoreFailed records a failed restore and sets the bucket's backoff. A
 // restore that Close cancelled is not a snapshot failure, so it is neither
-// counted nor reported, and only gives back its slot.
+// counted nor backed off, but the hook still sees it so that a caller that
+// recorded RestoreStarted can drop its record.
 func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration) {
 	if p.lifetime.Err() != nil {
 		b.mu.Lock()
 		b.restoring--
 		b.mu.Unlock()
 		p.finishRestore()
+		if h := p.cfg.Hooks.RestoreFailed; h != nil {
+			h(id, b.key, err, took, 0)
+		}
 		return
 	}
 	b.counters.restoresFailed.Add(1)
