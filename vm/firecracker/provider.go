@@ -268,12 +268,17 @@ func (p *Provider) startVMM(ctx context.Context, m *machine, drives []MetadataDr
 // loadSnapshot sends the snapshot load with resume, as the first
 // configuring call of the fresh VMM.
 func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, snapPath string) error {
-	statePath := filepath.Join(snapPath, meta.StateFile)
-	memPath := filepath.Join(snapPath, meta.MemFile)
+	statePath, err := snapshotFile(snapPath, meta.StateFile)
+	if err != nil {
+		return err
+	}
+	memPath, err := snapshotFile(snapPath, meta.MemFile)
+	if err != nil {
+		return err
+	}
 	if p.cfg.Jailer != nil {
 		// The jailed VMM can open only files inside its chroot, so link them in.
 		uid, gid := p.owner()
-		var err error
 		statePath, memPath, err = linkIntoChroot(m.dir, statePath, memPath, uid, gid)
 		if err != nil {
 			return err
@@ -299,8 +304,9 @@ func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, 
 	return nil
 }
 
-// linkIntoChroot links the snapshot's state and memory files into the
-// chroot at root and returns their paths relative to the chroot.
+// linkIntoChroot makes the snapshot's state and memory files readable
+// inside the chroot at root, with shareFile, and returns their paths
+// relative to the chroot.
 func linkIntoChroot(root, statePath, memPath string, uid, gid int) (string, string, error) {
 	dir := filepath.Join(root, loadDirName)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -309,11 +315,11 @@ func linkIntoChroot(root, statePath, memPath string, uid, gid int) (string, stri
 	var inside []string
 	for _, src := range []string{statePath, memPath} {
 		dst := filepath.Join(dir, filepath.Base(src))
-		// NOTE: across file systems this copies the whole memory file.
-		if err := linkOrCopy(src, dst); err != nil {
+		// NOTE: a copy (across file systems, or of a file the jailed uid
+		// cannot read) copies the whole memory file.
+		if err := shareFile(src, dst, uid, gid); err != nil {
 			return "", "", fmt.Errorf("link %s into chroot: %w", src, err)
 		}
-		os.Chown(dst, uid, gid)
 		inside = append(inside, "/"+loadDirName+"/"+filepath.Base(src))
 	}
 	return inside[0], inside[1], nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,9 +61,16 @@ func ReadMetadata(dir string) (Metadata, error) {
 	if m.Format != metadataFormat {
 		return m, fmt.Errorf("read snapshot metadata %s: unsupported format %d, want %d", dir, m.Format, metadataFormat)
 	}
+	files := []struct{ name, rel string }{{"state_file", m.StateFile}, {"mem_file", m.MemFile}}
 	for _, d := range m.Drives {
-		if err := checkInside(dir, filepath.Join(dir, d.Path)); err != nil {
-			return m, fmt.Errorf("read snapshot metadata %s: drive %s: %w", dir, d.DriveID, err)
+		files = append(files, struct{ name, rel string }{"drive " + d.DriveID, d.Path})
+	}
+	for _, f := range files {
+		if f.rel == "" || filepath.IsAbs(f.rel) {
+			return m, fmt.Errorf("read snapshot metadata %s: %s %q must be a relative path", dir, f.name, f.rel)
+		}
+		if err := checkInside(dir, filepath.Join(dir, f.rel)); err != nil {
+			return m, fmt.Errorf("read snapshot metadata %s: %s: %w", dir, f.name, err)
 		}
 	}
 	return m, nil
@@ -77,51 +85,129 @@ func writeMetadata(dir string, m Metadata) error {
 }
 
 // stageDrives gives the VM in vmDir its own view of the snapshot's drives:
-// a hard link to each read-only image and a copy of each writable one, so
-// that clones never write to a shared file.
+// a shared read-only image (see shareFile) and a private copy of each
+// writable one, so that clones never write to a shared file. In jailer mode
+// (uid >= 0) the private copies belong to uid and gid.
 func stageDrives(snapDir, vmDir string, drives []MetadataDrive, uid, gid int) error {
 	for _, d := range drives {
-		src := filepath.Join(snapDir, d.Path)
+		src, err := snapshotFile(snapDir, d.Path)
+		if err != nil {
+			return fmt.Errorf("stage drive %s: %w", d.DriveID, err)
+		}
 		dst := filepath.Join(vmDir, d.Path)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
-		var err error
 		if d.ReadOnly {
-			err = linkOrCopy(src, dst)
+			err = shareFile(src, dst, uid, gid)
 		} else {
-			err = cloneFile(src, dst)
+			err = privateCopy(src, dst, uid, gid)
 		}
 		if err != nil {
 			return fmt.Errorf("stage drive %s: %w", d.DriveID, err)
-		}
-		if uid >= 0 {
-			if err := os.Chown(dst, uid, gid); err != nil && !d.ReadOnly {
-				return fmt.Errorf("stage drive %s: %w", d.DriveID, err)
-			}
 		}
 	}
 	return nil
 }
 
-// linkOrCopy hard-links src to dst, or copies it when they are on different
-// file systems.
+// snapshotFile returns the path of rel inside the snapshot directory dir
+// after checking that it is a regular file that no symbolic link leads to,
+// so that a changed snapshot directory cannot make the provider link, copy
+// or chown a file elsewhere.
+func snapshotFile(dir, rel string) (string, error) {
+	path := filepath.Join(dir, rel)
+	if err := checkInside(dir, path); err != nil {
+		return "", err
+	}
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	realPath, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", err
+	}
+	if realPath != filepath.Join(realDir, rel) {
+		return "", fmt.Errorf("snapshot file %s is or passes through a symbolic link", path)
+	}
+	info, err := os.Lstat(path)
+	if err != nil {
+		return "", err
+	}
+	if !info.Mode().IsRegular() {
+		return "", fmt.Errorf("snapshot file %s is not a regular file (mode %v)", path, info.Mode())
+	}
+	return path, nil
+}
+
+// shareFile makes the read-only file src available at dst without changing
+// src. Without jailer (uid < 0), and when the jailed uid or gid can read
+// src through its group or other bits, dst is a hard link, or a copy across
+// file systems. Otherwise dst is a private copy that belongs to uid and gid.
+func shareFile(src, dst string, uid, gid int) error {
+	info, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if uid >= 0 && !readableBy(info, uid, gid) {
+		return privateCopy(src, dst, uid, gid)
+	}
+	return linkOrCopy(src, dst)
+}
+
+// readableBy reports whether a process with uid and gid, and no
+// supplementary groups, may read the file that info describes.
+func readableBy(info os.FileInfo, uid, gid int) bool {
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	mode := info.Mode().Perm()
+	switch {
+	case int(st.Uid) == uid:
+		return mode&0o400 != 0
+	case int(st.Gid) == gid:
+		return mode&0o040 != 0
+	default:
+		return mode&0o004 != 0
+	}
+}
+
+// privateCopy copies src to dst with mode 0600, owned by uid and gid when
+// uid is not negative.
+func privateCopy(src, dst string, uid, gid int) error {
+	if err := cloneFile(src, dst, 0o600); err != nil {
+		return err
+	}
+	if uid >= 0 {
+		return os.Lchown(dst, uid, gid)
+	}
+	return nil
+}
+
+// linkOrCopy hard-links src to dst, or copies it with the same permission
+// bits when they are on different file systems.
 func linkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
-	return cloneFile(src, dst)
+	info, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	return cloneFile(src, dst, info.Mode().Perm())
 }
 
-// cloneFile copies src to dst, sharing blocks (FICLONE) where the file
-// system supports it.
-func cloneFile(src, dst string) error {
-	in, err := os.Open(src)
+// cloneFile copies src to a new file dst with permission bits perm,
+// sharing blocks (FICLONE) where the file system supports it. It does not
+// follow a symbolic link at src.
+func cloneFile(src, dst string, perm os.FileMode) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
 	if err != nil {
 		return err
 	}

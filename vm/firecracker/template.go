@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"syscall"
 	"time"
 
 	"github.com/warmpool/warmpool/vm"
@@ -127,7 +128,8 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 	defer func() { err = errors.Join(err, p.teardown(context.WithoutCancel(ctx), m)) }()
 
 	meta := Metadata{Format: metadataFormat, ID: spec.ID, Stack: spec.Stack, StateFile: "vmstate", MemFile: "mem"}
-	if err := copyTemplateDrives(spec, m.dir, &meta); err != nil {
+	uid, gid := p.owner()
+	if err := copyTemplateDrives(spec, m.dir, &meta, uid, gid); err != nil {
 		return snap, err
 	}
 	if err := p.startVMM(ctx, m, nil, ""); err != nil {
@@ -149,7 +151,7 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 	if err := p.stop(ctx, m); err != nil {
 		return snap, err
 	}
-	if err := publishSnapshot(m.dir, final, meta); err != nil {
+	if err := publishSnapshot(m.dir, final, meta, uid, gid); err != nil {
 		return snap, err
 	}
 	return vm.Snapshot{ID: spec.ID, Provider: ProviderName, Path: final}, nil
@@ -157,18 +159,23 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 
 // copyTemplateDrives puts each drive image into the template's directory
 // under a relative path, which the snapshot then records, so every clone
-// opens its own image in its own directory.
-func copyTemplateDrives(spec TemplateSpec, dir string, meta *Metadata) error {
+// opens its own image in its own directory. A read-only image is shared
+// with shareFile and a writable one copied, so the operator's files keep
+// their content and owner.
+func copyTemplateDrives(spec TemplateSpec, dir string, meta *Metadata, uid, gid int) error {
 	if err := os.MkdirAll(filepath.Join(dir, drivesDirName), 0o755); err != nil {
 		return err
 	}
 	for _, d := range spec.Drives {
 		rel := filepath.Join(drivesDirName, d.DriveID+".img")
-		var err error
+		src, err := filepath.EvalSymlinks(d.Path)
+		if err != nil {
+			return fmt.Errorf("copy drive %s: %w", d.DriveID, err)
+		}
 		if d.ReadOnly {
-			err = linkOrCopy(d.Path, filepath.Join(dir, rel))
+			err = shareFile(src, filepath.Join(dir, rel), uid, gid)
 		} else {
-			err = cloneFile(d.Path, filepath.Join(dir, rel))
+			err = privateCopy(src, filepath.Join(dir, rel), uid, gid)
 		}
 		if err != nil {
 			return fmt.Errorf("copy drive %s: %w", d.DriveID, err)
@@ -230,21 +237,24 @@ func (p *Provider) bootTemplate(ctx context.Context, m *machine, spec TemplateSp
 	return c.InstanceStart(ctx)
 }
 
-// linkBootFiles links the kernel and initrd into the chroot at root and
-// returns their paths inside it.
+// linkBootFiles makes the kernel and initrd readable inside the chroot at
+// root, with shareFile, and returns their paths inside it.
 func linkBootFiles(root, kernel, initrd string, uid, gid int) (string, string, error) {
 	var inside []string
-	for _, src := range []string{kernel, initrd} {
-		if src == "" {
+	for _, path := range []string{kernel, initrd} {
+		if path == "" {
 			inside = append(inside, "")
 			continue
 		}
-		dst := filepath.Join(root, filepath.Base(src))
-		if err := linkOrCopy(src, dst); err != nil {
-			return "", "", fmt.Errorf("link %s into chroot: %w", src, err)
+		src, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return "", "", err
 		}
-		os.Chown(dst, uid, gid)
-		inside = append(inside, "/"+filepath.Base(src))
+		dst := filepath.Join(root, filepath.Base(path))
+		if err := shareFile(src, dst, uid, gid); err != nil {
+			return "", "", fmt.Errorf("link %s into chroot: %w", path, err)
+		}
+		inside = append(inside, "/"+filepath.Base(path))
 	}
 	return inside[0], inside[1], nil
 }
@@ -273,9 +283,10 @@ func (p *Provider) snapshotTemplate(ctx context.Context, m *machine, meta *Metad
 }
 
 // publishSnapshot moves the snapshot files and drive images from the
-// template's directory into a temporary directory beside final, writes the
-// metadata and renames it to final.
-func publishSnapshot(vmDir, final string, meta Metadata) (err error) {
+// template's directory into a temporary directory beside final, takes back
+// the files the jailed VMM owns (see reownSnapshotFiles), writes the
+// metadata and renames the directory to final.
+func publishSnapshot(vmDir, final string, meta Metadata, uid, gid int) (err error) {
 	tmp, err := os.MkdirTemp(filepath.Dir(final), "."+filepath.Base(final)+".tmp-")
 	if err != nil {
 		return err
@@ -298,10 +309,45 @@ func publishSnapshot(vmDir, final string, meta Metadata) (err error) {
 			return fmt.Errorf("move %s into the snapshot directory: %w", filepath.Base(src), err)
 		}
 	}
+	if err := reownSnapshotFiles(tmp, uid, gid); err != nil {
+		return err
+	}
 	if err := writeMetadata(tmp, meta); err != nil {
 		return err
 	}
 	return os.Rename(tmp, final)
+}
+
+// reownSnapshotFiles checks that dir contains only directories and regular
+// files. In jailer mode (uid >= 0) it gives each file that uid owns to this
+// process's user and group gid, mode 0640, so that clones, which run as
+// uid, can read but not change the files that every clone shares. A file
+// that uid owns with more than one link is rejected, because its other
+// link would stay writable by the jailed VMM.
+func reownSnapshotFiles(dir string, uid, gid int) error {
+	return filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return fmt.Errorf("snapshot file %s is not a regular file (mode %v)", path, info.Mode())
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if uid < 0 || !ok || int(st.Uid) != uid {
+			return nil
+		}
+		if st.Nlink != 1 {
+			return fmt.Errorf("snapshot file %s has %d links: the jailed VMM may have linked it elsewhere", path, st.Nlink)
+		}
+		if err := os.Lchown(path, os.Geteuid(), gid); err != nil {
+			return err
+		}
+		return os.Chmod(path, 0o640)
+	})
 }
 
 // moveFile renames src to dst, or copies a regular file across file systems.
@@ -314,7 +360,7 @@ func moveFile(src, dst string) error {
 	if statErr != nil || info.IsDir() {
 		return err
 	}
-	if err := cloneFile(src, dst); err != nil {
+	if err := cloneFile(src, dst, info.Mode().Perm()); err != nil {
 		return err
 	}
 	return os.Remove(src)
