@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -61,20 +62,6 @@ func TestMachineArgsShape(t *testing.T) {
 	}
 }
 
-func TestMachineArgsPassMetadataCheck(t *testing.T) {
-	key := vm.StackKey{Name: "a", Version: "1", VCPUs: 1, MemoryMiB: 128}
-	m := Metadata{
-		Format:      metadataFormat,
-		Key:         key,
-		Accel:       AccelTCG,
-		QEMUVersion: "7.2.22",
-		MachineArgs: machineArgs(key, AccelTCG, KernelFile, InitrdFile),
-	}
-	if err := m.Validate(); err != nil {
-		t.Errorf("metadata of machineArgs: %v", err)
-	}
-}
-
 func TestInstanceArgsMemoryMapping(t *testing.T) {
 	clone := instanceArgs(instanceSpec{
 		ID: "vm-1", MemoryMiB: 128, MemoryPath: "/snap/a,b/memory",
@@ -119,10 +106,10 @@ func validMetadata() Metadata {
 	key := vm.StackKey{Name: "a", Version: "1", VCPUs: 1, MemoryMiB: 128}
 	return Metadata{
 		Format:      metadataFormat,
+		Provider:    ProviderName,
 		Key:         key,
 		Accel:       AccelTCG,
 		QEMUVersion: "7.2.22",
-		MachineArgs: machineArgs(key, AccelTCG, KernelFile, InitrdFile),
 	}
 }
 
@@ -132,13 +119,11 @@ func TestMetadataValidateRejects(t *testing.T) {
 		change func(*Metadata)
 		want   string
 	}{
-		{"future format", func(m *Metadata) { m.Format = 2 }, "unsupported format 2"},
+		{"old format", func(m *Metadata) { m.Format = 1 }, "unsupported format 1"},
+		{"other provider", func(m *Metadata) { m.Provider = "sim" }, `made by provider "sim"`},
 		{"auto accel", func(m *Metadata) { m.Accel = AccelAuto }, "invalid accel"},
 		{"missing version", func(m *Metadata) { m.QEMUVersion = "" }, "missing qemu_version"},
-		{"no args", func(m *Metadata) { m.MachineArgs = nil }, "missing machine_args"},
 		{"invalid key", func(m *Metadata) { m.Key.VCPUs = 0 }, "invalid vcpus"},
-		{"drive arg", func(m *Metadata) { m.MachineArgs = append(m.MachineArgs, "-drive", "file=/etc/shadow") }, "-drive"},
-		{"incoming arg", func(m *Metadata) { m.MachineArgs = append(m.MachineArgs, "-incoming", "tcp:0:1") }, "-incoming"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,17 +178,111 @@ func TestReadMetadataErrors(t *testing.T) {
 		t.Errorf("ReadMetadata without memory file = %v, want error naming %s", err, MemoryFile)
 	}
 
+	writeSnapshotFiles(t, dir, validMetadata())
+	m, err := ReadMetadata(dir)
+	if err != nil {
+		t.Fatalf("ReadMetadata of complete snapshot: %v", err)
+	}
+	if m != validMetadata() {
+		t.Errorf("metadata changed on the way through the file: %+v", m)
+	}
+}
+
+// writeSnapshotFiles writes the data files of a snapshot with metadata m
+// into dir, with a sparse memory file of the right size.
+func writeSnapshotFiles(t *testing.T, dir string, m Metadata) {
+	t.Helper()
 	for _, name := range []string{MemoryFile, StateFile, KernelFile, InitrdFile} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	m, err := ReadMetadata(dir)
-	if err != nil {
-		t.Fatalf("ReadMetadata of complete snapshot: %v", err)
+	if err := os.Truncate(filepath.Join(dir, MemoryFile), m.memorySize()); err != nil {
+		t.Fatal(err)
 	}
-	if !slices.Equal(m.MachineArgs, validMetadata().MachineArgs) {
-		t.Errorf("machine args changed on the way through the file: %q", m.MachineArgs)
+}
+
+// writeRawMetadata writes fields as the snapshot's metadata file.
+func writeRawMetadata(t *testing.T, dir string, fields map[string]any) {
+	t.Helper()
+	b, err := json.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, MetadataFile)
+	os.Remove(path)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadMetadataRejectsInjectedArgs(t *testing.T) {
+	dir := t.TempDir()
+	m := validMetadata()
+	writeSnapshotFiles(t, dir, m)
+	fields := map[string]any{
+		"format": m.Format, "provider": m.Provider, "key": m.Key,
+		"accel": m.Accel, "qemu_version": m.QEMUVersion,
+		"machine_args": []string{"--chardev", "file,id=pw,path=/tmp/pwned"},
+	}
+	writeRawMetadata(t, dir, fields)
+	_, err := ReadMetadata(dir)
+	if err == nil || !strings.Contains(err.Error(), "machine_args") {
+		t.Errorf("ReadMetadata with machine_args = %v, want an error naming the field", err)
+	}
+
+	// The format that stored raw arguments is rejected as a whole.
+	fields["format"] = 1
+	delete(fields, "provider")
+	writeRawMetadata(t, dir, fields)
+	_, err = ReadMetadata(dir)
+	if err == nil || !strings.Contains(err.Error(), "unsupported format 1") {
+		t.Errorf("ReadMetadata of format 1 = %v, want unsupported format", err)
+	}
+}
+
+func TestCloneArgsFollowMetadata(t *testing.T) {
+	m := validMetadata()
+	m.Key.VCPUs = 2
+	m.Accel = AccelKVM
+	args := m.machineArgs()
+	if got := argValue(args, "-smp"); got != "2" {
+		t.Errorf("-smp = %q, want 2", got)
+	}
+	if got := argValue(args, "-accel"); got != AccelKVM {
+		t.Errorf("-accel = %q, want kvm", got)
+	}
+	for _, flag := range []string{"-object", "-chardev", "-drive", "-D", "-pidfile", "-monitor", "-qmp"} {
+		if slices.Contains(args, flag) {
+			t.Errorf("machine args contain %s: %q", flag, args)
+		}
+	}
+}
+
+func TestReadMetadataChecksMemorySize(t *testing.T) {
+	dir := t.TempDir()
+	m := validMetadata()
+	writeSnapshotFiles(t, dir, m)
+	if err := writeMetadata(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(dir, MemoryFile), 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadMetadata(dir)
+	if err == nil || !strings.Contains(err.Error(), "memory file has 0 bytes") {
+		t.Errorf("ReadMetadata with truncated memory = %v, want a size error", err)
+	}
+}
+
+func TestReadMetadataNamesFirecrackerSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "warmpool-snapshot.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadMetadata(dir)
+	if err == nil || !strings.Contains(err.Error(), "firecracker snapshot") {
+		t.Errorf("ReadMetadata of a firecracker snapshot = %v, want an error naming it", err)
 	}
 }
 

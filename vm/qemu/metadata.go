@@ -1,21 +1,25 @@
 package qemu
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/warmpool/warmpool/vm"
 )
 
-// Files of a snapshot directory. Once the template is written, none of
-// them is written again: clones map MemoryFile privately (copy-on-write)
-// and read the others.
+// Files of a snapshot directory. Once the template is written, the
+// provider never opens them for writing: clones map MemoryFile privately
+// (copy-on-write) and read the others. All of them are mode 0444.
+//
+// NOTE: QEMU 7.2 still opens MemoryFile read-write for a private mapping,
+// and as root it ignores the file mode. Its memory-backend-file option
+// readonly=on maps guest RAM read-only, which a running guest cannot use,
+// so ReadMetadata checks the file's size before every restore instead.
 const (
 	MetadataFile = "snapshot.json"
 	MemoryFile   = "memory"
@@ -24,23 +28,26 @@ const (
 	InitrdFile   = "initrd.img"
 )
 
-// metadataFormat is the version of the Metadata layout.
-const metadataFormat = 1
+// metadataFormat is the version of the Metadata layout. Format 1 stored
+// the raw QEMU arguments and is no longer read.
+const metadataFormat = 2
 
 // Metadata describes a template snapshot. It is stored as MetadataFile in
-// the snapshot directory.
+// the snapshot directory. It holds no QEMU arguments: a clone's command
+// line is rebuilt from Key and Accel by the provider's code, so an edited
+// file cannot add options to it.
 type Metadata struct {
-	Format int         `json:"format"`
-	Key    vm.StackKey `json:"key"`
+	Format int `json:"format"`
+	// Provider is always ProviderName. It lets a reader tell this file
+	// from another provider's.
+	Provider string      `json:"provider"`
+	Key      vm.StackKey `json:"key"`
 	// Accel is the acceleration the template booted under. Clones use it
 	// too, because device state saved under KVM does not load under TCG.
 	Accel string `json:"accel"`
 	// QEMUVersion is the version reported over QMP by the QEMU that wrote
 	// the snapshot.
-	QEMUVersion string `json:"qemu_version"`
-	// MachineArgs are the exact device arguments of the template, which
-	// every clone runs with.
-	MachineArgs []string  `json:"machine_args"`
+	QEMUVersion string    `json:"qemu_version"`
 	CreatedAt   time.Time `json:"created_at"`
 }
 
@@ -48,7 +55,11 @@ type Metadata struct {
 // from.
 func (m Metadata) Validate() error {
 	if m.Format != metadataFormat {
-		return fmt.Errorf("unsupported format %d: this provider reads format %d", m.Format, metadataFormat)
+		return fmt.Errorf("unsupported format %d: this provider reads format %d, so create the template again",
+			m.Format, metadataFormat)
+	}
+	if m.Provider != ProviderName {
+		return fmt.Errorf("snapshot was made by provider %q, not %q", m.Provider, ProviderName)
 	}
 	if err := m.Key.Validate(); err != nil {
 		return err
@@ -59,26 +70,18 @@ func (m Metadata) Validate() error {
 	if m.QEMUVersion == "" {
 		return errors.New("missing qemu_version")
 	}
-	if len(m.MachineArgs) == 0 {
-		return errors.New("missing machine_args")
-	}
-	// The arguments come from a file, so reject any that could make QEMU
-	// touch host resources beyond the snapshot's own files.
-	for _, arg := range m.MachineArgs {
-		if strings.HasPrefix(arg, "-") && slices.Contains(forbiddenArgs, arg) {
-			return fmt.Errorf("machine_args contains %s, which clones must not run with", arg)
-		}
-	}
 	return nil
 }
 
-// forbiddenArgs are QEMU options that a snapshot's machine arguments never
-// contain, because the provider sets them itself or they reach outside the
-// VM's own files and sockets.
-var forbiddenArgs = []string{
-	"-incoming", "-object", "-chardev", "-mon", "-qmp", "-monitor",
-	"-drive", "-blockdev", "-netdev", "-net", "-fsdev", "-virtfs",
-	"-daemonize", "-pidfile", "-runas", "-sandbox", "-readconfig",
+// machineArgs returns the device arguments that the template ran with and
+// that every clone of it runs with.
+func (m Metadata) machineArgs() []string {
+	return machineArgs(m.Key, m.Accel, KernelFile, InitrdFile)
+}
+
+// memorySize is the size in bytes of the memory file of a template with m.
+func (m Metadata) memorySize() int64 {
+	return int64(m.Key.MemoryMiB) << 20
 }
 
 // CheckKey returns an error when key's machine shape differs from the one
@@ -91,26 +94,63 @@ func (m Metadata) CheckKey(key vm.StackKey) error {
 	return nil
 }
 
-// ReadMetadata reads and validates the metadata of the snapshot in dir.
+// ReadMetadata reads and validates the metadata of the snapshot in dir and
+// checks that its files are regular files, with a memory file of the size
+// the metadata implies. It rejects unknown fields, so a file that was
+// written for another format or edited by hand is reported.
 func ReadMetadata(dir string) (Metadata, error) {
 	path := filepath.Join(dir, MetadataFile)
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return Metadata{}, fmt.Errorf("snapshot metadata: %w", err)
+		return Metadata{}, fmt.Errorf("snapshot metadata: %w%s", err, describeOtherSnapshot(dir))
 	}
+
 	var m Metadata
-	if err := json.Unmarshal(b, &m); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		// An older or foreign file fails on an unknown field first, so
+		// report its format or provider when those decode.
+		var header struct {
+			Format   int    `json:"format"`
+			Provider string `json:"provider"`
+		}
+		if json.Unmarshal(b, &header) == nil && (header.Format != metadataFormat || header.Provider != ProviderName) {
+			m = Metadata{Format: header.Format, Provider: header.Provider}
+			if verr := m.Validate(); verr != nil {
+				return Metadata{}, fmt.Errorf("snapshot metadata %s: %w", path, verr)
+			}
+		}
 		return Metadata{}, fmt.Errorf("snapshot metadata %s: invalid JSON: %w", path, err)
 	}
 	if err := m.Validate(); err != nil {
 		return Metadata{}, fmt.Errorf("snapshot metadata %s: %w", path, err)
 	}
+
 	for _, name := range []string{MemoryFile, StateFile, KernelFile, InitrdFile} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+		info, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil {
 			return Metadata{}, fmt.Errorf("snapshot %s: %w", dir, err)
+		}
+		if !info.Mode().IsRegular() {
+			return Metadata{}, fmt.Errorf("snapshot %s: %s is a %s, not a regular file", dir, name, info.Mode().Type())
+		}
+		if name == MemoryFile && info.Size() != m.memorySize() {
+			return Metadata{}, fmt.Errorf("snapshot %s: memory file has %d bytes, want %d for %d MiB: the snapshot is damaged, create it again",
+				dir, info.Size(), m.memorySize(), m.Key.MemoryMiB)
 		}
 	}
 	return m, nil
+}
+
+// describeOtherSnapshot names the provider whose snapshot dir holds, for
+// an error about a missing MetadataFile, or returns "".
+func describeOtherSnapshot(dir string) string {
+	// The Firecracker provider writes this file into its snapshots.
+	if _, err := os.Stat(filepath.Join(dir, "warmpool-snapshot.json")); err == nil {
+		return fmt.Sprintf(": %s holds a firecracker snapshot, not a qemu one", dir)
+	}
+	return ""
 }
 
 func writeMetadata(dir string, m Metadata) error {

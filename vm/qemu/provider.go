@@ -126,7 +126,7 @@ func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap
 
 	m, err := p.launch(ctx, id, launchSpec{
 		workDir:     snap.Path,
-		machineArgs: meta.MachineArgs,
+		machineArgs: meta.machineArgs(),
 		memoryMiB:   meta.Key.MemoryMiB,
 		memoryPath:  filepath.Join(snap.Path, MemoryFile),
 		incoming:    true,

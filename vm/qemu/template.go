@@ -102,7 +102,7 @@ func (p *Provider) bootAndSaveWith(ctx context.Context, key vm.StackKey, dir, ac
 	if err != nil {
 		return Template{}, err
 	}
-	args := machineArgs(key, accel, KernelFile, InitrdFile)
+	args := Metadata{Key: key, Accel: accel}.machineArgs()
 
 	start := time.Now()
 	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
@@ -135,10 +135,10 @@ func (p *Provider) bootAndSaveWith(ctx context.Context, key vm.StackKey, dir, ac
 
 	meta := Metadata{
 		Format:      metadataFormat,
+		Provider:    ProviderName,
 		Key:         key,
 		Accel:       accel,
 		QEMUVersion: m.mon.version,
-		MachineArgs: args,
 		CreatedAt:   time.Now().UTC(),
 	}
 	if err := meta.Validate(); err != nil {
@@ -168,7 +168,10 @@ func save(ctx context.Context, m *machine, statePath string) error {
 	if err := m.mon.waitMigration(ctx); err != nil {
 		return err
 	}
-	return os.Chmod(statePath, 0o444)
+	if err := os.Chmod(statePath, 0o444); err != nil {
+		return err
+	}
+	return os.Chmod(filepath.Join(filepath.Dir(statePath), MemoryFile), 0o444)
 }
 
 func templateVMID() (string, error) {
