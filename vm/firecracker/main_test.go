@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	if os.Getenv(helperEnv) != "" {
+		return runRestoreHelper()
+	}
 	wd, _ := os.Getwd()
 	spec := fcspec.Locate(wd)
 	if spec == "" {

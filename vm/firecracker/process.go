@@ -56,6 +56,9 @@ type process struct {
 	stderr  *ringBuffer
 	console *ringBuffer
 	outFile string // output file of a detached process, "" otherwise
+	// initShell is set when pid is the init shell of a PID namespace
+	// that contains the VMM, rather than the VMM itself.
+	initShell bool
 
 	mu      sync.Mutex // guards waitErr
 	waitErr error
@@ -127,6 +130,9 @@ func readTail(path string, n int64) string {
 	return string(bytes.TrimSpace(data))
 }
 
+// initShell runs the jailer as the init of a new PID namespace.
+const initShell = "/bin/sh"
+
 // spawnSpec says how to start one VMM process.
 type spawnSpec struct {
 	id    string
@@ -155,8 +161,21 @@ func (c Config) command(spec spawnSpec) *exec.Cmd {
 			args = append(args, "--cgroup", cg)
 		}
 		args = append(args, "--", "--api-sock", "/"+apiSocketName)
-		cmd := exec.Command(j.Bin, args...)
-		cmd.Dir = "/"
+		if c.Detached {
+			cmd := exec.Command(j.Bin, args...)
+			cmd.Dir = "/"
+			return cmd
+		}
+		// The kernel clears the parent death signal when the jailer
+		// changes its uid, so the jailer runs under a shell that keeps
+		// it. spawn makes the shell the init of a new PID namespace, and
+		// the kernel kills every process in a namespace when its init
+		// dies. The shell forks for the jailer because "exit" follows.
+		// Its working directory is the VM directory, so that
+		// ownsProcess recognizes it.
+		shellArgs := append([]string{"-c", `"$@"; exit $?`, "warmpool-init", j.Bin}, args...)
+		cmd := exec.Command(initShell, shellArgs...)
+		cmd.Dir = spec.dir
 		return cmd
 	}
 	// Relative to the working directory, so that socket paths stay short
@@ -168,7 +187,8 @@ func (c Config) command(spec spawnSpec) *exec.Cmd {
 
 // spawn starts the VMM process for spec. Unless Detached, the process gets
 // SIGKILL when this program exits (the parent death signal) and is reaped
-// when it exits.
+// when it exits. With the jailer and without Detached, the process started
+// is the init shell of a PID namespace that contains the jailed VMM.
 func (c Config) spawn(spec spawnSpec) (*process, error) {
 	cmd := c.command(spec)
 	cmd.Env = append(os.Environ(), c.Env...)
@@ -191,6 +211,9 @@ func (c Config) spawn(spec spawnSpec) (*process, error) {
 		// unless a goroutine exits while locked to one, which this package
 		// never does after a successful namespace switch.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if c.Jailer != nil {
+			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+		}
 	}
 
 	var err error
@@ -203,6 +226,7 @@ func (c Config) spawn(spec spawnSpec) (*process, error) {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	p.pid = cmd.Process.Pid
+	p.initShell = cmd.Path == initShell
 	go func() {
 		err := cmd.Wait()
 		p.mu.Lock()
@@ -211,6 +235,27 @@ func (c Config) spawn(spec spawnSpec) (*process, error) {
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// vmmPID returns the pid of the VMM itself: the child of the init shell,
+// or pid when there is no init shell or its child is not found.
+func (p *process) vmmPID() int {
+	if !p.initShell {
+		return p.pid
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.pid, p.pid))
+	if err != nil {
+		return p.pid
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return p.pid
+	}
+	child, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return p.pid
+	}
+	return child
 }
 
 // startInNetns starts cmd inside the network namespace at nsPath. The

@@ -330,7 +330,7 @@ func (p *Provider) instance(m *machine, key vm.StackKey, snap vm.Snapshot) vm.In
 		ID:         m.id,
 		Stack:      key,
 		Snapshot:   snap,
-		PID:        m.proc.pid,
+		PID:        m.proc.vmmPID(),
 		Socket:     m.client.Socket(),
 		Dir:        m.dir,
 		RestoredAt: m.restoredAt,
