@@ -43,7 +43,7 @@ func (p *Provider) Destroy(ctx context.Context, inst vm.Instance) error {
 func (p *Provider) recover(inst vm.Instance) *machine {
 	dir := p.cfg.vmDir(inst.ID)
 	m := &machine{id: inst.ID, dir: dir, vsockPath: filepath.Join(dir, vsockName)}
-	if data, err := os.ReadFile(filepath.Join(dir, recordName)); err == nil {
+	if data, err := os.ReadFile(filepath.Join(p.cfg.recordDir(inst.ID), recordName)); err == nil {
 		json.Unmarshal(data, &m.record)
 	}
 	pid := m.record.PID
@@ -106,6 +106,11 @@ func (p *Provider) teardown(ctx context.Context, m *machine) error {
 		errs = append(errs, err)
 	} else if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove VM directory: %w", err))
+	}
+	if dir := p.cfg.recordDir(m.id); p.cfg.Jailer != nil {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove record directory: %w", err))
+		}
 	}
 	if m.countsRef {
 		m.countsRef = false

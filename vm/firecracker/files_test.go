@@ -2,7 +2,10 @@ package firecracker
 
 import (
 	"context"
+	"encoding/json"
+	"github.com/warmpool/warmpool/vm"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -162,4 +165,37 @@ func TestRestoreRejectsSymlinkedFiles(t *testing.T) {
 		checkNothingLeft(t, p)
 	}
 	writeMetadata(snap.Path, meta)
+}
+
+func TestDestroyIgnoresRecordInChroot(t *testing.T) {
+	cfg := jailerConfig(t)
+	cfg.Detached = true
+	p := newTestProvider(t, cfg)
+	snap := makeTemplate(t, p, "record", "")
+	insts := restoreClones(t, p, snap, 1)
+	if t.Failed() {
+		return
+	}
+	victim := uniqueTAP(t)
+	if out, err := exec.Command("ip", "tuntap", "add", "dev", victim, "mode", "tap").CombinedOutput(); err != nil {
+		t.Fatalf("create victim TAP: %v %s", err, out)
+	}
+	defer exec.Command("ip", "link", "delete", "dev", victim).Run()
+
+	// The jailed uid owns the chroot, so it can write any file there.
+	forged, _ := json.Marshal(vmRecord{PID: insts[0].PID, TAPs: []string{victim}})
+	if err := os.WriteFile(filepath.Join(insts[0].Dir, recordName), forged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p2 := newTestProvider(t, cfg)
+	if err := p2.Destroy(context.Background(), vm.Instance{ID: insts[0].ID}); err != nil {
+		t.Errorf("destroy by id: %v", err)
+	}
+	if !linkExists("", victim) {
+		t.Errorf("destroy deleted host TAP %s named by a record in the chroot", victim)
+	}
+	p.mu.Lock()
+	clear(p.vms)
+	p.mu.Unlock()
+	checkNothingLeft(t, p2)
 }

@@ -29,6 +29,13 @@ func (c Config) vmDir(id string) string {
 	return filepath.Join(c.StateDir, "vms", id)
 }
 
+// recordDir returns the directory of VM id's record file. With the jailer
+// it lies outside the chroot, where the jailed uid cannot change what
+// Destroy trusts. Without jailer it is the VM directory.
+func (c Config) recordDir(id string) string {
+	return filepath.Join(c.StateDir, "vms", id)
+}
+
 // jailDir is the directory the jailer creates for VM id.
 func (c Config) jailDir(id string) string {
 	return filepath.Join(c.Jailer.ChrootBaseDir, filepath.Base(c.FirecrackerBin), id)

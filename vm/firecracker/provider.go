@@ -54,8 +54,8 @@ type machine struct {
 	countsRef  bool // whether the VM holds a reference on record.Snapshot
 }
 
-// vmRecord is written to the VM directory so that Destroy and Reattach
-// find everything a VM owns from its id alone.
+// vmRecord is written to the record directory (see Config.recordDir) so
+// that Destroy and Reattach find everything a VM owns from its id alone.
 type vmRecord struct {
 	PID      int      `json:"pid"`
 	Snapshot string   `json:"snapshot,omitempty"`
@@ -158,14 +158,26 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 func (p *Provider) prepare(ctx context.Context, id, snapPath string, nets []api.NetworkInterface, clone bool) (*machine, error) {
 	dir := p.cfg.vmDir(id)
 	m := &machine{id: id, dir: dir, vsockPath: filepath.Join(dir, vsockName), record: vmRecord{Snapshot: snapPath}}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	// The record directory exists once per id, so creating it claims the id.
+	recordDir := p.cfg.recordDir(id)
+	if err := os.Mkdir(recordDir, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("VM directory %s already exists: the id is in use, or destroy it first", dir)
+			return nil, fmt.Errorf("VM directory %s already exists: the id is in use, or destroy it first", recordDir)
 		}
 		return nil, err
+	}
+	if dir != recordDir {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			os.Remove(recordDir)
+			return nil, err
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			os.Remove(recordDir)
+			if errors.Is(err, os.ErrExist) {
+				return nil, fmt.Errorf("chroot %s already exists: destroy VM %s first", dir, id)
+			}
+			return nil, err
+		}
 	}
 	if snapPath != "" {
 		p.acquireSnapshot(snapPath)
@@ -223,7 +235,7 @@ func (p *Provider) writeRecord(m *machine) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(m.dir, recordName), data, 0o600)
+	return os.WriteFile(filepath.Join(p.cfg.recordDir(m.id), recordName), data, 0o600)
 }
 
 // startVMM stages the drives, opens the heartbeat socket, spawns the VMM
