@@ -18,7 +18,7 @@ type streamConn interface {
 }
 
 // serveAgentPort accepts host connections with accept and replies to the
-// pings on each of them in its own goroutine. It returns the error that ends accept.
+// requests on each of them in its own goroutine. It returns the error that ends accept.
 // A snapshot restore resets every open connection, which ends only that
 // connection's goroutine.
 func serveAgentPort(accept func() (streamConn, error)) error {
@@ -29,7 +29,7 @@ func serveAgentPort(accept func() (streamConn, error)) error {
 		}
 		go func() {
 			defer conn.Close()
-			if err := vsockproto.ServePings(conn); err != nil {
+			if err := vsockproto.Serve(conn, rngHandlers); err != nil {
 				logf("agent connection: %v", err)
 			}
 		}()

@@ -3,6 +3,7 @@ package vsockproto
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"io"
 	"net"
 	"strings"
@@ -195,5 +196,69 @@ func TestWriteHeartbeat(t *testing.T) {
 	}
 	if got, want := out.String(), "HEARTBEAT 1\nHEARTBEAT 2\n"; got != want {
 		t.Errorf("heartbeats = %q, want %q", got, want)
+	}
+}
+
+func TestServeSeedAndRand(t *testing.T) {
+	var gotSeed []byte
+	h := Handlers{
+		Reseed: func(seed []byte) error { gotSeed = seed; return nil },
+		Random: func() ([]byte, error) { return bytes.Repeat([]byte{0xab}, RandomSize), nil },
+	}
+	seed := bytes.Repeat([]byte{1}, MinSeedSize)
+	in := "SEED " + hex.EncodeToString(seed) + "\nRAND\nSEED 00\nSEED zz\n"
+	var out bytes.Buffer
+	if err := Serve(readWriter{strings.NewReader(in), &out}, h); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if !bytes.Equal(gotSeed, seed) {
+		t.Errorf("reseed got %x, want %x", gotSeed, seed)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := []string{"SEEDED", "RAND " + strings.Repeat("ab", RandomSize), "ERROR invalid seed of 1 bytes", "ERROR invalid seed: not hex"}
+	if len(lines) != len(want) {
+		t.Fatalf("replies = %q, want %d lines", lines, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(lines[i], want[i]) {
+			t.Errorf("reply %d = %q, want prefix %q", i, lines[i], want[i])
+		}
+	}
+}
+
+func TestServeWithoutHandlersReportsError(t *testing.T) {
+	seed := strings.Repeat("01", MinSeedSize)
+	var out bytes.Buffer
+	if err := ServePings(readWriter{strings.NewReader("SEED " + seed + "\nRAND\n"), &out}); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if got, want := out.String(), "ERROR reseed not supported\nERROR rand not supported\n"; got != want {
+		t.Errorf("replies = %q, want %q", got, want)
+	}
+}
+
+func TestHostSeedAndRandom(t *testing.T) {
+	var sent bytes.Buffer
+	reply := "SEEDED\nRAND " + strings.Repeat("cd", RandomSize) + "\nERROR no\n"
+	c := &HostConn{r: bufio.NewReader(strings.NewReader(reply)), w: &sent}
+	seed := bytes.Repeat([]byte{7}, MinSeedSize)
+	if err := c.Seed(seed); err != nil {
+		t.Errorf("Seed: %v", err)
+	}
+	b, err := c.Random()
+	if err != nil {
+		t.Fatalf("Random: %v", err)
+	}
+	if !bytes.Equal(b, bytes.Repeat([]byte{0xcd}, RandomSize)) {
+		t.Errorf("Random = %x", b)
+	}
+	if err := c.Seed(seed); err == nil || !strings.Contains(err.Error(), "ERROR no") {
+		t.Errorf("Seed with an ERROR reply = %v, want an error quoting it", err)
+	}
+	if err := c.Seed(seed[:8]); err == nil {
+		t.Error("Seed accepted 8 bytes")
+	}
+	if want := "SEED " + hex.EncodeToString(seed) + "\nRAND\nSEED " + hex.EncodeToString(seed) + "\n"; sent.String() != want {
+		t.Errorf("sent %q, want %q", sent.String(), want)
 	}
 }

@@ -3,6 +3,8 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/warmpool/warmpool/guest/vsockproto"
 )
 
 // heartbeatInterval is how often the guest agent sends "hb SEQ".
@@ -35,7 +39,8 @@ type agentConn struct {
 
 	mu        sync.Mutex // guards nextToken and waiters, and is never held during I/O
 	nextToken uint64
-	waiters   map[string]chan struct{}
+	// waiters receive the reply line whose second word is their token.
+	waiters map[string]chan string
 }
 
 func dialAgent(path string) (*agentConn, error) {
@@ -47,7 +52,7 @@ func dialAgent(path string) (*agentConn, error) {
 		conn:      conn,
 		firstLine: make(chan struct{}),
 		closed:    make(chan struct{}),
-		waiters:   map[string]chan struct{}{},
+		waiters:   map[string]chan string{},
 	}
 	go a.readLines()
 	return a, nil
@@ -63,16 +68,18 @@ func (a *agentConn) readLines() {
 			first = false
 		}
 
-		token, ok := strings.CutPrefix(scanner.Text(), "pong ")
-		if !ok {
+		line := scanner.Text()
+		verb, rest, _ := strings.Cut(line, " ")
+		if verb != "pong" && verb != "seeded" && verb != "rand" && verb != "error" {
 			continue
 		}
+		token, _, _ := strings.Cut(rest, " ")
 		a.mu.Lock()
 		waiter := a.waiters[token]
 		delete(a.waiters, token)
 		a.mu.Unlock()
 		if waiter != nil {
-			close(waiter)
+			waiter <- line // buffered, and each token gets one reply
 		}
 	}
 
@@ -98,10 +105,45 @@ func (a *agentConn) waitReady(ctx context.Context) error {
 
 // ping sends "ping TOKEN" and waits for the matching pong.
 func (a *agentConn) ping(ctx context.Context) error {
+	_, err := a.request(ctx, "ping", "")
+	return err
+}
+
+// seed sends host randomness to the guest, which mixes it into its kernel
+// RNG and forces a reseed, and waits for the guest's acknowledgement.
+// Every clone starts with the template's RNG state, so without this two
+// clones would produce the same random bytes.
+func (a *agentConn) seed(ctx context.Context) error {
+	b := make([]byte, vsockproto.MinSeedSize)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("agent: seed: %w", err)
+	}
+	_, err := a.request(ctx, "seed", hex.EncodeToString(b))
+	return err
+}
+
+// random returns vsockproto.RandomSize bytes that the guest read from its
+// kernel RNG.
+func (a *agentConn) random(ctx context.Context) ([]byte, error) {
+	arg, err := a.request(ctx, "rand", "")
+	if err != nil {
+		return nil, err
+	}
+	b, err := hex.DecodeString(arg)
+	if err != nil || len(b) != vsockproto.RandomSize {
+		return nil, fmt.Errorf("agent: invalid rand reply %q", arg)
+	}
+	return b, nil
+}
+
+// request sends "VERB TOKEN ARG" and returns the argument of the guest's
+// reply with the same token. A reply "error TOKEN MESSAGE" becomes an
+// error.
+func (a *agentConn) request(ctx context.Context, verb, arg string) (string, error) {
 	a.mu.Lock()
 	a.nextToken++
 	token := strconv.FormatUint(a.nextToken, 10)
-	waiter := make(chan struct{})
+	waiter := make(chan string, 1)
 	a.waiters[token] = waiter
 	a.mu.Unlock()
 
@@ -111,20 +153,29 @@ func (a *agentConn) ping(ctx context.Context) error {
 		a.mu.Unlock()
 	}()
 
+	line := verb + " " + token
+	if arg != "" {
+		line += " " + arg
+	}
 	if deadline, ok := ctx.Deadline(); ok {
 		a.conn.SetWriteDeadline(deadline)
 	}
-	if _, err := a.conn.Write([]byte("ping " + token + "\n")); err != nil {
-		return fmt.Errorf("agent: send ping: %w", err)
+	if _, err := a.conn.Write([]byte(line + "\n")); err != nil {
+		return "", fmt.Errorf("agent: send %s: %w", verb, err)
 	}
 
 	select {
-	case <-waiter:
-		return nil
+	case reply := <-waiter:
+		replyVerb, rest, _ := strings.Cut(reply, " ")
+		_, replyArg, _ := strings.Cut(rest, " ")
+		if replyVerb == "error" {
+			return "", fmt.Errorf("agent: %s failed in the guest: %s", verb, replyArg)
+		}
+		return replyArg, nil
 	case <-a.closed:
-		return fmt.Errorf("agent: %w", a.readErr)
+		return "", fmt.Errorf("agent: %w", a.readErr)
 	case <-ctx.Done():
-		return fmt.Errorf("agent: no pong from the guest: %w", ctx.Err())
+		return "", fmt.Errorf("agent: no reply to %s from the guest: %w", verb, ctx.Err())
 	}
 }
 

@@ -89,7 +89,7 @@ func (p *Provider) Name() string { return ProviderName }
 func (p *Provider) Config() Config { return p.cfg }
 
 // Restore starts a clone of snap as VM id and returns once the guest has
-// replied to a ping. It rejects a key whose vCPUs or memory differ from the
+// acknowledged fresh host randomness for its kernel RNG. It rejects a key whose vCPUs or memory differ from the
 // snapshot's. On failure it kills the QEMU it started and removes the VM
 // directory, and the error carries the tail of QEMU's stderr and console.
 func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap vm.Snapshot) (vm.Instance, error) {
@@ -146,7 +146,9 @@ func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap
 }
 
 // resume loads the template's device state into a clone started with
-// -incoming defer, lets it run, and waits for the guest's reply to a ping.
+// -incoming defer, lets it run, and reseeds the guest's kernel RNG. The
+// guest's acknowledgement of the seed is its first reply, so a clone
+// counts as ready only once its RNG differs from the template's.
 func resume(ctx context.Context, m *machine, statePath string) error {
 	if err := m.mon.setIgnoreShared(ctx); err != nil {
 		return err
@@ -161,7 +163,7 @@ func resume(ctx context.Context, m *machine, statePath string) error {
 	if err := m.mon.run(ctx, "cont", nil, nil); err != nil {
 		return err
 	}
-	return m.agent.ping(ctx)
+	return m.agent.seed(ctx)
 }
 
 // Check reports whether VM inst is usable from state kept by background
