@@ -87,16 +87,15 @@ func (p *Provider) teardown(ctx context.Context, m *machine) error {
 
 	cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	// Only what the record names is removed: a namespace or TAP device
+	// that prepare failed to create may belong to someone else.
 	netns := m.record.Netns
-	if netns == "" && p.cfg.NetworkMode == NetworkNamespace {
-		netns = netnsName(m.id)
-	}
 	for _, tap := range m.record.TAPs {
 		if err := deleteTAP(cleanupCtx, netns, tap); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if p.cfg.NetworkMode == NetworkNamespace {
+	if netns != "" {
 		if err := deleteNetns(cleanupCtx, netns); err != nil {
 			errs = append(errs, err)
 		}

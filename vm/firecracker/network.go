@@ -40,6 +40,9 @@ func runIP(ctx context.Context, args ...string) error {
 
 // createNetns creates the named network namespace and returns its path.
 func createNetns(ctx context.Context, name string) (string, error) {
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); err == nil {
+		return "", fmt.Errorf("network namespace %s already exists: destroy the VM that uses it or delete it with \"ip netns delete %s\"", name, name)
+	}
 	if err := runIP(ctx, "netns", "add", name); err != nil {
 		return "", err
 	}
@@ -55,10 +58,13 @@ func deleteNetns(ctx context.Context, name string) error {
 	return runIP(ctx, "netns", "delete", name)
 }
 
-// createTAP creates a persistent TAP device, owned by uid and gid when
+// createTAP creates a persistent TAP device, which must not exist yet, owned by uid and gid when
 // they are not negative, in namespace netns ("" for the current one), and
 // sets it up.
 func createTAP(ctx context.Context, netns, name string, uid, gid int) error {
+	if runIP(ctx, nsArgs(netns, "link", "show", "dev", name)...) == nil {
+		return fmt.Errorf("TAP device %s already exists: delete it, or turn create_taps off to use existing devices", name)
+	}
 	args := nsArgs(netns, "tuntap", "add", "dev", name, "mode", "tap")
 	if uid >= 0 {
 		args = append(args, "user", strconv.Itoa(uid), "group", strconv.Itoa(gid))

@@ -122,14 +122,16 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 	}
 
 	m, err := p.prepare(ctx, id, snap.Path, meta.Network, true)
+	if m != nil {
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, p.teardown(context.WithoutCancel(ctx), m))
+			}
+		}()
+	}
 	if err != nil {
 		return inst, err
 	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, p.teardown(context.WithoutCancel(ctx), m))
-		}
-	}()
 
 	if err := p.startVMM(ctx, m, meta.Drives, snap.Path); err != nil {
 		return inst, err
@@ -153,8 +155,10 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 
 // prepare creates the VM directory, the record file, the network namespace
 // and TAP devices, and takes a reference on the snapshot at snapPath unless
-// it is "". The returned machine is ready for teardown even when prepare
-// fails halfway. Clones get renamed TAP devices in NetworkOverride mode.
+// it is "". When prepare fails halfway it returns the machine with the
+// error, ready for teardown, which removes only what prepare created. It
+// returns a nil machine when it created nothing. Clones get renamed TAP
+// devices in NetworkOverride mode.
 func (p *Provider) prepare(ctx context.Context, id, snapPath string, nets []api.NetworkInterface, clone bool) (*machine, error) {
 	dir := p.cfg.vmDir(id)
 	m := &machine{id: id, dir: dir, vsockPath: filepath.Join(dir, vsockName), record: vmRecord{Snapshot: snapPath}}

@@ -122,10 +122,12 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 		return snap, fmt.Errorf("remove the leftover template VM: %w", err)
 	}
 	m, err := p.prepare(ctx, vmID, "", spec.Network, false)
+	if m != nil {
+		defer func() { err = errors.Join(err, p.teardown(context.WithoutCancel(ctx), m)) }()
+	}
 	if err != nil {
 		return snap, err
 	}
-	defer func() { err = errors.Join(err, p.teardown(context.WithoutCancel(ctx), m)) }()
 
 	meta := Metadata{Format: metadataFormat, ID: spec.ID, Stack: spec.Stack, StateFile: "vmstate", MemFile: "mem"}
 	uid, gid := p.owner()

@@ -1,0 +1,70 @@
+package firecracker
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/warmpool/warmpool/vm"
+	"github.com/warmpool/warmpool/vm/firecracker/api"
+)
+
+func TestPrepareFailureCleansUp(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.NetworkMode = NetworkNamespace
+	p := newTestProvider(t, cfg)
+	snap := makeTemplate(t, p, "prepare", "")
+
+	// A namespace of that name that the provider did not create.
+	id := "prepare-0"
+	if out, err := exec.Command("ip", "netns", "add", netnsName(id)).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	_, err := p.Restore(context.Background(), id, testStack, snap)
+	if err == nil {
+		t.Fatal("restore succeeded although its network namespace already existed")
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, netnsName(id))); err != nil {
+		t.Errorf("the failed restore deleted a namespace it did not create: %v", err)
+	}
+	if got := p.SnapshotRefs(snap.Path); got != 0 {
+		t.Errorf("snapshot refs after failed restore = %d, want 0", got)
+	}
+	checkNothingLeft(t, p)
+
+	exec.Command("ip", "netns", "delete", netnsName(id)).Run()
+	inst, err := p.Restore(context.Background(), id, testStack, snap)
+	if err != nil {
+		t.Fatalf("retry with the same id: %v", err)
+	}
+	destroyAll(t, p, []vm.Instance{inst})
+	checkNothingLeft(t, p)
+}
+
+func TestTemplateOnExistingTAPFails(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CreateTAPs = true
+	p := newTestProvider(t, cfg)
+	tap := uniqueTAP(t)
+	if out, err := exec.Command("ip", "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
+		t.Fatalf("create TAP: %v %s", err, out)
+	}
+	defer exec.Command("ip", "link", "delete", "dev", tap).Run()
+
+	files := shortTempDir(t)
+	kernel := filepath.Join(files, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	spec := TemplateSpec{ID: "tap", SnapshotDir: filepath.Join(files, "snaps"), Stack: testStack,
+		KernelImage: kernel, Network: []api.NetworkInterface{netIface("eth0", tap)}}
+	_, err := p.Template(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("template on an existing TAP with create_taps: err = %v, want already exists", err)
+	}
+	if !linkExists("", tap) {
+		t.Errorf("the failed template deleted TAP %s, which it did not create", tap)
+	}
+	checkNothingLeft(t, p)
+}
