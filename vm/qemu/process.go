@@ -149,14 +149,22 @@ func (p *process) alive() bool {
 	}
 }
 
-// kill sends SIGKILL to the process and waits until it has exited or
-// timeout has passed.
+// kill sends SIGKILL to the process group that the process leads and
+// waits until the process has exited or timeout has passed. Killing the
+// group also stops a QEMU that a wrapper script started without exec.
+//
+// NOTE: once the leader has exited, kill sends nothing, because its pid
+// may since lead an unrelated group. A wrapper that exits while its QEMU
+// child runs on leaves that child to the parent-death signal, which only
+// an attached QEMU has.
 func (p *process) kill(timeout time.Duration) error {
 	if !p.alive() {
 		return nil
 	}
-	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("kill qemu pid %d: %w", p.pid, err)
+	// startProcess makes every QEMU the leader of its own group (Setpgid
+	// or Setsid), so the group id is the pid.
+	if err := syscall.Kill(-p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill qemu process group %d: %w", p.pid, err)
 	}
 	select {
 	case <-p.exited:

@@ -379,6 +379,10 @@ func (p *Provider) connect(ctx context.Context, id, dir string, pid int) (*machi
 // in bytes, from /proc/PID/smaps_rollup. Pages of the template's memory
 // file shared by several clones count once in total across them, so the
 // value is the host memory this clone adds.
+//
+// NOTE: it reads the process that the provider started. When the QEMU
+// binary is a wrapper script that does not exec QEMU, that is the shell,
+// and QEMU's own memory is not counted.
 func (p *Provider) MemoryPSS(inst vm.Instance) (int64, error) {
 	m, err := p.lookup(inst.ID)
 	if err != nil {

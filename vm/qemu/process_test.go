@@ -1,0 +1,61 @@
+package qemu
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestKillStopsWrapperChild starts a wrapper script that runs its child
+// without exec, as a QEMU wrapper might, and checks that kill stops the
+// child too.
+func TestKillStopsWrapperChild(t *testing.T) {
+	dir := t.TempDir()
+	childPIDFile := filepath.Join(dir, "child.pid")
+	script := filepath.Join(dir, "wrapper.sh")
+	body := "#!/bin/sh\nsleep 300 &\necho $! > " + childPIDFile + "\nwait\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	proc, err := startProcess(script, nil, dir, dir, nil, false)
+	if err != nil {
+		t.Fatalf("startProcess: %v", err)
+	}
+	var childPID int
+	deadline := time.Now().Add(5 * time.Second)
+	for childPID == 0 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile(childPIDFile)
+		childPID, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if childPID == 0 {
+		proc.kill(time.Second)
+		t.Fatal("wrapper did not start its child")
+	}
+
+	if err := proc.kill(2 * time.Second); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	deadline = time.Now().Add(2 * time.Second)
+	for processExists(childPID) && !isZombie(childPID) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processExists(childPID) && !isZombie(childPID) {
+		t.Errorf("child pid %d of the wrapper still runs after kill", childPID)
+	}
+}
+
+// isZombie reports whether pid has exited and waits for its parent to
+// reap it.
+func isZombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	_, after, _ := strings.Cut(string(b), ") ")
+	return strings.HasPrefix(after, "Z")
+}
