@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // agentFiles contains the agent's source and that of the protocol package it
@@ -75,8 +76,10 @@ type Guest struct {
 }
 
 // Build builds the guest into opts.OutDir, or returns the guest already
-// there when it was built from the same kernel, busybox, agent source and
-// Go version. Files are written under temporary names and renamed, so an
+// there when it was built from the same kernel, busybox and agent source.
+// A cached guest is reused without running Go, so a newer Go toolchain
+// does not rebuild it. Builds into one directory take turns through a
+// lock file in it. Files are written under temporary names and renamed, so an
 // interrupted build never leaves a manifest that matches partial files.
 func Build(ctx context.Context, opts Options) (Guest, error) {
 	if opts.OutDir == "" {
@@ -100,11 +103,41 @@ func Build(ctx context.Context, opts Options) (Guest, error) {
 		}
 	}
 
+	for _, path := range []string{opts.Kernel, opts.Busybox} {
+		if _, err := os.Stat(path); err != nil {
+			return Guest{}, fmt.Errorf("guest build: %w", err)
+		}
+	}
+
+	// A guest built earlier counts when it matches the current kernel,
+	// busybox and agent source under the Go version it was built with,
+	// so a cached guest needs no Go toolchain.
+	if cached, ok := loadCached(opts); ok {
+		return cached, nil
+	}
+
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return Guest{}, fmt.Errorf("guest build: %w", err)
+	}
+	unlock, err := lockDir(opts.OutDir)
+	if err != nil {
+		return Guest{}, err
+	}
+	defer unlock()
+	// Another process may have finished the same build while this one
+	// waited for the lock.
+	if cached, ok := loadCached(opts); ok {
+		return cached, nil
+	}
+
+	if _, err := exec.LookPath(opts.GoBinary); err != nil {
+		return Guest{}, fmt.Errorf("guest build: the guest agent must be built, which needs the Go toolchain: %w: "+
+			"install Go or add it to PATH", err)
+	}
 	goVersion, err := runOutput(ctx, opts.GoBinary, "env", "GOVERSION")
 	if err != nil {
 		return Guest{}, fmt.Errorf("guest build: go version: %w", err)
 	}
-
 	key, err := buildKey(opts.Kernel, opts.Busybox, goVersion)
 	if err != nil {
 		return Guest{}, err
@@ -118,14 +151,6 @@ func Build(ctx context.Context, opts Options) (Guest, error) {
 		GoVersion:     goVersion,
 	}
 
-	if cached, err := Load(opts.OutDir); err == nil && cached.Key == key {
-		cached.Cached = true
-		return cached, nil
-	}
-
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return Guest{}, fmt.Errorf("guest build: %w", err)
-	}
 	// Remove the old manifest first so that a build stopped halfway is
 	// never mistaken for a complete one.
 	if err := os.Remove(filepath.Join(opts.OutDir, ManifestFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -155,6 +180,36 @@ func Build(ctx context.Context, opts Options) (Guest, error) {
 		return Guest{}, err
 	}
 	return g, nil
+}
+
+// loadCached returns the guest in opts.OutDir when its key matches the
+// current inputs under the Go version recorded in its manifest.
+func loadCached(opts Options) (Guest, bool) {
+	cached, err := Load(opts.OutDir)
+	if err != nil {
+		return Guest{}, false
+	}
+	key, err := buildKey(opts.Kernel, opts.Busybox, cached.GoVersion)
+	if err != nil || key != cached.Key {
+		return Guest{}, false
+	}
+	cached.Cached = true
+	return cached, true
+}
+
+// lockDir takes an exclusive flock on a lock file in dir, waiting for
+// other builds into dir to finish, and returns the function that releases
+// it. The kernel releases the lock when the process dies.
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".build.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("guest build: lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("guest build: lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // Load returns the guest built in dir, or an error if dir holds no
@@ -262,12 +317,26 @@ func buildAgent(ctx context.Context, goBinary string) ([]byte, error) {
 	return os.ReadFile(out)
 }
 
+// writeFileAtomic writes data to a new temporary file beside path and
+// renames it to path, so readers see the old or the new file, and
+// concurrent writers never share a temporary name.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
 		return fmt.Errorf("guest build: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if closeErr := f.Close(); err == nil {
+		err = closeErr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("guest build: %w", err)
 	}

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -210,5 +211,80 @@ func TestBuildIsCachedAndRepeatable(t *testing.T) {
 		if !names[want] {
 			t.Errorf("initramfs lacks %s", want)
 		}
+	}
+}
+
+// writeFakeInputs writes a fake kernel and busybox into dir.
+func writeFakeInputs(t *testing.T, dir string) (kernel, busybox string) {
+	t.Helper()
+	kernel = filepath.Join(dir, "vmlinuz-src")
+	busybox = filepath.Join(dir, "busybox-src")
+	if err := os.WriteFile(kernel, []byte("kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(busybox, []byte("busybox"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return kernel, busybox
+}
+
+func TestBuildCachedNeedsNoGo(t *testing.T) {
+	dir := t.TempDir()
+	kernel, busybox := writeFakeInputs(t, dir)
+	out := filepath.Join(dir, "guest")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	key, err := buildKey(kernel, busybox, "go1.26.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := fmt.Sprintf(`{"key":%q,"go_version":"go1.26.0"}`, key)
+	for name, data := range map[string]string{KernelFile: "k", InitrdFile: "i", ManifestFile: manifest} {
+		if err := os.WriteFile(filepath.Join(out, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	opts := Options{OutDir: out, Kernel: kernel, Busybox: busybox, GoBinary: "/nonexistent/go"}
+	g, err := Build(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("Build of a cached guest without Go: %v", err)
+	}
+	if !g.Cached {
+		t.Errorf("Build did not report the cached guest as cached")
+	}
+
+	// With a changed kernel a build is needed, and the error says that
+	// Go is missing.
+	if err := os.WriteFile(kernel, []byte("other kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(t.Context(), opts)
+	if err == nil || !strings.Contains(err.Error(), "needs the Go toolchain") {
+		t.Errorf("Build without Go = %v, want an error naming the Go toolchain", err)
+	}
+}
+
+func TestWriteFileAtomicConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vmlinuz")
+	const writers = 8
+	errs := make(chan error, writers)
+	for i := range writers {
+		go func() {
+			errs <- writeFileAtomic(path, bytes.Repeat([]byte{byte(i)}, 1<<20), 0o644)
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Errorf("writeFileAtomic: %v", err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("directory holds %d files after the writes, want only vmlinuz", len(entries))
 	}
 }
