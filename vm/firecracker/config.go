@@ -53,7 +53,8 @@ type Config struct {
 
 	// SocketTimeout bounds the wait for the API socket after spawning.
 	SocketTimeout time.Duration `yaml:"socket_timeout"`
-	// APITimeout bounds each API call whose context has no earlier deadline.
+	// APITimeout bounds each API call. The caller's context deadline
+	// applies when it is earlier. Snapshot creation gets 10 times as long.
 	APITimeout time.Duration `yaml:"api_timeout"`
 	// ShutdownGrace is how long Destroy waits after SendCtrlAltDel before it
 	// kills the process. Zero kills at once.

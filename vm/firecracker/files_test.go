@@ -3,13 +3,14 @@ package firecracker
 import (
 	"context"
 	"encoding/json"
-	"github.com/warmpool/warmpool/vm"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/warmpool/warmpool/vm"
 )
 
 const testJailUID, testJailGID = 54321, 54321

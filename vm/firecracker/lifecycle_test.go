@@ -2,14 +2,17 @@ package firecracker
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/warmpool/warmpool/vm"
 	"github.com/warmpool/warmpool/vm/firecracker/api"
+	"github.com/warmpool/warmpool/vm/firecracker/internal/fcemu"
 )
 
 func TestPrepareFailureCleansUp(t *testing.T) {
@@ -65,6 +68,25 @@ func TestTemplateOnExistingTAPFails(t *testing.T) {
 	}
 	if !linkExists("", tap) {
 		t.Errorf("the failed template deleted TAP %s, which it did not create", tap)
+	}
+	checkNothingLeft(t, p)
+}
+
+func TestRestoreHonorsAPITimeoutUnderDeadline(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.APITimeout = 300 * time.Millisecond
+	p := newTestProvider(t, cfg)
+	snap := makeTemplate(t, p, "apitimeout", "")
+	p.cfg.Env = append(p.cfg.Env, fcemu.EnvHangOn+"=PUT /snapshot/load")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	_, err := p.Restore(ctx, "apitimeout-0", testStack, snap)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("restore against a hung load: err = %v, want deadline exceeded", err)
+	}
+	if ctx.Err() != nil {
+		t.Error("restore waited for the caller's 8s deadline instead of api_timeout 300ms")
 	}
 	checkNothingLeft(t, p)
 }

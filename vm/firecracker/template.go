@@ -275,8 +275,7 @@ func (p *Provider) snapshotTemplate(ctx context.Context, m *machine, meta *Metad
 	}
 	meta.CreatedAt = time.Now().UTC()
 	// A large memory file takes a while to write: allow more than one call.
-	createCtx, cancel := context.WithTimeout(ctx, 10*p.cfg.APITimeout)
-	defer cancel()
+	createCtx := api.WithCallTimeout(ctx, 10*p.cfg.APITimeout)
 	return m.client.CreateSnapshot(createCtx, api.SnapshotCreate{
 		SnapshotPath: filepath.Join(loadDirName, meta.StateFile),
 		MemFilePath:  filepath.Join(loadDirName, meta.MemFile),

@@ -19,8 +19,17 @@ import (
 	"time"
 )
 
-// DefaultTimeout bounds a call whose context has no earlier deadline.
+// DefaultTimeout bounds a call when the client's timeout is 0.
 const DefaultTimeout = 5 * time.Second
+
+type callTimeoutKey struct{}
+
+// WithCallTimeout returns a context under which each call is bounded by d
+// in place of the client's timeout, for calls that take longer, such as
+// writing a large snapshot. The earlier deadline of ctx still applies.
+func WithCallTimeout(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, callTimeoutKey{}, d)
+}
 
 // APIError is a response from Firecracker with a status code of 400 or more.
 type APIError struct {
@@ -80,8 +89,9 @@ type Client struct {
 	version Version
 }
 
-// New returns a client for the API socket at socketPath. Calls whose context
-// has no deadline get timeout, or DefaultTimeout when timeout is 0.
+// New returns a client for the API socket at socketPath. Each call is
+// bounded by timeout, or DefaultTimeout when timeout is 0, and by the
+// deadline of its context, whichever comes first.
 func New(socketPath string, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
@@ -106,11 +116,13 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends one request with body encoded as JSON (none when body is nil)
 // and decodes a 2xx response into out when out is not nil.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
+	timeout := c.timeout
+	if d, ok := ctx.Value(callTimeoutKey{}).(time.Duration); ok {
+		timeout = d
 	}
+	// WithTimeout keeps the caller's deadline when it is earlier.
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 
 	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {

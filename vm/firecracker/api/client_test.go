@@ -270,6 +270,33 @@ func TestClientTransportErrors(t *testing.T) {
 	}
 }
 
+func TestClientTimeoutUnderLaterDeadline(t *testing.T) {
+	hang := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	}))
+	c := New(hang, 50*time.Millisecond)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	err := c.Resume(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("hung server: err = %v, want deadline exceeded", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the call waited for the caller's 10s deadline instead of the client's 50ms timeout")
+	}
+
+	// A call that needs longer than the client's timeout gets it from the
+	// context, but never more than the caller's deadline.
+	longCtx := WithCallTimeout(ctx, 300*time.Millisecond)
+	start := time.Now()
+	c.Resume(longCtx)
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
+		t.Errorf("call with a 300ms call timeout ended after %v", elapsed)
+	}
+}
+
 func TestAPIErrorWithoutFaultBody(t *testing.T) {
 	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "plain failure", http.StatusInternalServerError)
