@@ -17,8 +17,10 @@ import (
 // Destroy stops the VM and removes its process, sockets, files, TAP devices
 // and network namespace. It works from the id alone, reading what the VM
 // owns from the record in its directory, and returns nil when nothing of
-// the VM is left. If ctx ends while it waits for the process to exit, the
-// process has been sent SIGKILL and the error reports the timeout.
+// the VM is left. A Restore or Template of the same id that is still in
+// progress is canceled first, and Destroy waits until it has stopped. If
+// ctx ends while it waits for the process to exit, the process has been
+// sent SIGKILL and the error reports the timeout.
 func (p *Provider) Destroy(ctx context.Context, inst vm.Instance) error {
 	if _, err := p.cfg.ownedDir(inst.ID); err != nil {
 		return fmt.Errorf("firecracker: destroy: %w", err)
@@ -26,8 +28,23 @@ func (p *Provider) Destroy(ctx context.Context, inst vm.Instance) error {
 	p.mu.Lock()
 	m := p.vms[inst.ID]
 	delete(p.vms, inst.ID)
+	pending := p.inFlight[inst.ID]
 	p.mu.Unlock()
 
+	if m == nil && pending != nil {
+		// Cancel the restore or template, which then tears down what it
+		// created, unless it finished first and now tracks the VM.
+		pending.cancel()
+		select {
+		case <-pending.done:
+		case <-ctx.Done():
+			return fmt.Errorf("firecracker: destroy %s: wait for its restore to stop: %w", inst.ID, ctx.Err())
+		}
+		p.mu.Lock()
+		m = p.vms[inst.ID]
+		delete(p.vms, inst.ID)
+		p.mu.Unlock()
+	}
 	if m == nil {
 		m = p.recover(inst)
 	}

@@ -3,6 +3,7 @@ package firecracker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,4 +90,62 @@ func TestRestoreHonorsAPITimeoutUnderDeadline(t *testing.T) {
 		t.Error("restore waited for the caller's 8s deadline instead of api_timeout 300ms")
 	}
 	checkNothingLeft(t, p)
+}
+
+func TestConcurrentTemplateOfOnePath(t *testing.T) {
+	p := newTestProvider(t, testConfig(t, fcemu.EnvBootDelay+"=500ms"))
+	files := shortTempDir(t)
+	kernel := filepath.Join(files, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	spec := TemplateSpec{ID: "twice", SnapshotDir: filepath.Join(files, "snaps"), Stack: testStack, KernelImage: kernel}
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := p.Template(context.Background(), spec)
+		first <- err
+	}()
+	// Wait until the first template has claimed its VM.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		entries, _ := os.ReadDir(filepath.Join(p.cfg.StateDir, "vms"))
+		if len(entries) > 0 {
+			break
+		}
+	}
+	_, err := p.Template(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "in progress") {
+		t.Errorf("second template of one path: err = %v, want in progress", err)
+	}
+	if err := <-first; err != nil {
+		t.Errorf("first template failed: %v", err)
+	}
+	checkNothingLeft(t, p)
+}
+
+func TestDestroyDuringRestore(t *testing.T) {
+	p := newTestProvider(t, testConfig(t, fcemu.EnvLatency+"=2ms"))
+	snap := makeTemplate(t, p, "inflight", "")
+	for i := range 10 {
+		id := fmt.Sprintf("inflight-%d", i)
+		restored := make(chan error, 1)
+		go func() {
+			_, err := p.Restore(context.Background(), id, testStack, snap)
+			restored <- err
+		}()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			if _, err := os.Stat(p.cfg.recordDir(id)); err == nil {
+				break
+			}
+		}
+		// Later rounds destroy later in the restore.
+		time.Sleep(time.Duration(i) * 3 * time.Millisecond)
+		if err := p.Destroy(context.Background(), vm.Instance{ID: id}); err != nil {
+			t.Errorf("%s: destroy during restore: %v", id, err)
+		}
+		<-restored
+		if m := p.lookup(id); m != nil {
+			t.Errorf("%s: VM survived a destroy that returned nil", id)
+			p.Destroy(context.Background(), vm.Instance{ID: id})
+		}
+		checkNothingLeft(t, p)
+	}
 }

@@ -32,8 +32,9 @@ type Provider struct {
 	// happens while it is held.
 	mu               sync.Mutex
 	vms              map[string]*machine
-	snapshotRefs     map[string]int  // snapshot path -> VMs using it
-	removeWhenUnused map[string]bool // snapshot paths that RemoveSnapshot marked
+	inFlight         map[string]*inFlight // ids that a Restore or Template is setting up
+	snapshotRefs     map[string]int       // snapshot path -> VMs using it
+	removeWhenUnused map[string]bool      // snapshot paths that RemoveSnapshot marked
 }
 
 var (
@@ -77,6 +78,7 @@ func New(cfg Config) (*Provider, error) {
 	return &Provider{
 		cfg:              cfg,
 		vms:              map[string]*machine{},
+		inFlight:         map[string]*inFlight{},
 		snapshotRefs:     map[string]int{},
 		removeWhenUnused: map[string]bool{},
 	}, nil
@@ -87,6 +89,38 @@ func (p *Provider) Name() string { return ProviderName }
 
 // Config returns the provider's configuration with defaults filled in.
 func (p *Provider) Config() Config { return p.cfg }
+
+// inFlight is a Restore or Template that has claimed its VM id and not
+// yet finished. Destroy of that id cancels it and waits for done.
+type inFlight struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// claim reserves id for a Restore or Template until release is called.
+// It fails when the id is running or being set up. The returned context
+// ends when Destroy cancels the claim.
+func (p *Provider) claim(ctx context.Context, id string) (context.Context, func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.vms[id] != nil {
+		return nil, nil, fmt.Errorf("VM %s is already running", id)
+	}
+	if p.inFlight[id] != nil {
+		return nil, nil, fmt.Errorf("a restore or template of VM %s is in progress", id)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	f := &inFlight{cancel: cancel, done: make(chan struct{})}
+	p.inFlight[id] = f
+	release := func() {
+		p.mu.Lock()
+		delete(p.inFlight, id)
+		p.mu.Unlock()
+		cancel()
+		close(f.done)
+	}
+	return ctx, release, nil
+}
 
 func (p *Provider) lookup(id string) *machine {
 	p.mu.Lock()
@@ -109,6 +143,11 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 	if _, err := p.cfg.ownedDir(id); err != nil {
 		return inst, err
 	}
+	ctx, release, err := p.claim(ctx, id)
+	if err != nil {
+		return inst, err
+	}
+	defer release()
 	if snap.Provider != ProviderName {
 		return inst, fmt.Errorf("snapshot %s was made by provider %q, want %q", snap.ID, snap.Provider, ProviderName)
 	}

@@ -115,10 +115,16 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 	}
 
 	// The template VM's id derives from the snapshot path, so a template
-	// left behind by a crashed run is found and removed first.
+	// left behind by a crashed run is found and removed first, and a
+	// second template of the same path fails while the first runs.
 	sum := sha256.Sum256([]byte(final))
 	vmID := "template-" + hex.EncodeToString(sum[:8])
-	if err := p.Destroy(ctx, vm.Instance{ID: vmID}); err != nil {
+	ctx, release, err := p.claim(ctx, vmID)
+	if err != nil {
+		return snap, fmt.Errorf("template of %s: %w", final, err)
+	}
+	defer release()
+	if err := p.teardown(ctx, p.recover(vm.Instance{ID: vmID})); err != nil {
 		return snap, fmt.Errorf("remove the leftover template VM: %w", err)
 	}
 	m, err := p.prepare(ctx, vmID, "", spec.Network, false)
