@@ -108,3 +108,47 @@ func TestJailedVMMDiesWithProgram(t *testing.T) {
 	p2.Destroy(context.Background(), vm.Instance{ID: "orphan-0"})
 	checkNothingLeft(t, p2)
 }
+
+func TestNewReclaimsVMsOfDeadProgram(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CreateTAPs = true
+	p := newTestProvider(t, cfg)
+	snap := makeTemplate(t, p, "stale", uniqueTAP(t))
+
+	helper, pid := startRestoreHelper(t, cfg, snap)
+	helper.Process.Signal(syscall.SIGKILL)
+	helper.Wait()
+	if !waitGone(pid, 3*time.Second) {
+		t.Fatalf("VMM %d still runs after its program got SIGKILL", pid)
+	}
+	tap := cloneTAPName("orphan-0", "eth0")
+	if !linkExists("", tap) {
+		t.Fatalf("TAP %s of the killed program's VM is missing before the restart", tap)
+	}
+
+	p2 := newTestProvider(t, cfg)
+	if linkExists("", tap) {
+		t.Errorf("TAP %s of a dead program's VM left after New", tap)
+		exec.Command("ip", "link", "delete", "dev", tap).Run()
+	}
+	checkNothingLeft(t, p2)
+}
+
+func TestNewKeepsDetachedVMs(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Detached = true
+	p := newTestProvider(t, cfg)
+	snap := makeTemplate(t, p, "kept", "")
+	helper, pid := startRestoreHelper(t, cfg, snap)
+	helper.Process.Signal(syscall.SIGKILL)
+	helper.Wait()
+
+	p2 := newTestProvider(t, cfg)
+	if syscall.Kill(pid, 0) != nil {
+		t.Errorf("New killed detached VM %d of a dead program", pid)
+	}
+	if err := p2.Destroy(context.Background(), vm.Instance{ID: "orphan-0", PID: pid}); err != nil {
+		t.Errorf("destroy: %v", err)
+	}
+	checkNothingLeft(t, p2)
+}

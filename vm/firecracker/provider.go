@@ -62,11 +62,19 @@ type vmRecord struct {
 	Snapshot string   `json:"snapshot,omitempty"`
 	Netns    string   `json:"netns,omitempty"`
 	TAPs     []string `json:"taps,omitempty"` // TAP devices the provider created
+	// Owner is the program that started the VM, and Detached whether the
+	// VM may outlive it. New reclaims VMs whose owner has died unless
+	// they are detached.
+	Owner    *programID `json:"owner,omitempty"`
+	Detached bool       `json:"detached,omitempty"`
 }
 
 const recordName = "warmpool-vm.json"
 
-// New checks cfg, fills in defaults and creates the state directory.
+// New checks cfg, fills in defaults and creates the state directory. It
+// then destroys the VMs in the state directory that a program which no
+// longer runs started without Detached (see reclaimStale), and returns
+// an error if that fails.
 func New(cfg Config) (*Provider, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -75,13 +83,19 @@ func New(cfg Config) (*Provider, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o755); err != nil {
 		return nil, fmt.Errorf("firecracker: create state dir: %w", err)
 	}
-	return &Provider{
+	p := &Provider{
 		cfg:              cfg,
 		vms:              map[string]*machine{},
 		inFlight:         map[string]*inFlight{},
 		snapshotRefs:     map[string]int{},
 		removeWhenUnused: map[string]bool{},
-	}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), reclaimTimeout)
+	defer cancel()
+	if _, err := p.reclaimStale(ctx); err != nil {
+		return nil, fmt.Errorf("firecracker: reclaim VMs of a program that exited: %w", err)
+	}
+	return p, nil
 }
 
 // Name returns "firecracker".
@@ -200,7 +214,9 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 // devices in NetworkOverride mode.
 func (p *Provider) prepare(ctx context.Context, id, snapPath string, nets []api.NetworkInterface, clone bool) (*machine, error) {
 	dir := p.cfg.vmDir(id)
-	m := &machine{id: id, dir: dir, vsockPath: filepath.Join(dir, vsockName), record: vmRecord{Snapshot: snapPath}}
+	owner := thisProgram
+	record := vmRecord{Snapshot: snapPath, Owner: &owner, Detached: p.cfg.Detached}
+	m := &machine{id: id, dir: dir, vsockPath: filepath.Join(dir, vsockName), record: record}
 	// The record directory exists once per id, so creating it claims the id.
 	recordDir := p.cfg.recordDir(id)
 	if err := os.Mkdir(recordDir, 0o700); err != nil {
