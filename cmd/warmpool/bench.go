@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,8 +32,10 @@ type benchOptions struct {
 	key      vm.StackKey
 	samples  int
 	depth    int
-	json     bool
-	plot     string
+	// restoreConcurrency bounds the restores the warm pool runs at once.
+	restoreConcurrency int
+	json               bool
+	plot               string
 	// snapshotDir is the snapshot to restore from. Empty means a cached
 	// template under the cache directory.
 	snapshotDir string
@@ -72,7 +76,10 @@ starts is destroyed before it exits, also on Ctrl-C.`,
 	opts.provider.addFlags(cmd)
 	addStackFlags(cmd, &opts.key)
 	cmd.Flags().IntVar(&opts.samples, "samples", opts.samples, "number of measurements of each path")
-	cmd.Flags().IntVar(&opts.depth, "depth", opts.depth, "number of warm VMs the pool keeps")
+	cmd.Flags().IntVar(&opts.depth, "depth", opts.depth,
+		fmt.Sprintf("number of warm VMs the pool keeps, at most %d", maxBenchDepth))
+	cmd.Flags().IntVar(&opts.restoreConcurrency, "restore-concurrency", 0,
+		"restores the warm pool runs at once (default: the smaller of --depth and the number of CPUs)")
 	cmd.Flags().BoolVar(&opts.json, "json", false, "print the result as one JSON object")
 	cmd.Flags().StringVar(&opts.plot, "plot", "", "write the CDFs of both paths to FILE (.svg or .png)")
 	cmd.Flags().StringVar(&opts.snapshotDir, "snapshot", "",
@@ -80,12 +87,22 @@ starts is destroyed before it exits, also on Ctrl-C.`,
 	return cmd
 }
 
+// maxBenchDepth bounds --depth, because every warm VM is a QEMU process
+// and the memory measurement runs that many at once.
+const maxBenchDepth = 64
+
 func (o *benchOptions) validate() error {
 	if o.samples < 1 {
 		return fmt.Errorf("invalid --samples %d: must be at least 1", o.samples)
 	}
-	if o.depth < 1 {
-		return fmt.Errorf("invalid --depth %d: must be at least 1", o.depth)
+	if o.depth < 1 || o.depth > maxBenchDepth {
+		return fmt.Errorf("invalid --depth %d: must be 1 to %d", o.depth, maxBenchDepth)
+	}
+	if o.restoreConcurrency < 0 {
+		return fmt.Errorf("invalid --restore-concurrency %d: must be at least 1, or 0 for the default", o.restoreConcurrency)
+	}
+	if o.restoreConcurrency == 0 {
+		o.restoreConcurrency = min(o.depth, runtime.NumCPU())
 	}
 	if o.plot != "" {
 		switch filepath.Ext(o.plot) {
@@ -115,6 +132,12 @@ func (o *benchOptions) validate() error {
 }
 
 func runBench(ctx context.Context, opts benchOptions, logger *slog.Logger, out io.Writer) error {
+	// Find an unwritable --plot file before the run, not after it.
+	if opts.plot != "" {
+		if err := checkWritable(opts.plot); err != nil {
+			return fmt.Errorf("invalid --plot: %w", err)
+		}
+	}
 	setup, err := newProvider(ctx, opts.provider, logger)
 	if err != nil {
 		return err
@@ -136,16 +159,26 @@ func runBench(ctx context.Context, opts benchOptions, logger *slog.Logger, out i
 	}
 
 	result := summarize(setup.provider.Name(), accel, opts, cold, warm, pss)
+	if opts.json {
+		err = writeJSON(out, result)
+	} else {
+		writeTable(out, result)
+	}
 	if opts.plot != "" {
-		if err := plotCDFs(opts.plot, result, cold, warm); err != nil {
-			return fmt.Errorf("plot: %w", err)
+		if plotErr := plotCDFs(opts.plot, result, cold, warm); plotErr != nil {
+			err = errors.Join(err, fmt.Errorf("plot: %w", plotErr))
 		}
 	}
-	if opts.json {
-		return writeJSON(out, result)
+	return err
+}
+
+// checkWritable creates path, or opens it for writing when it exists.
+func checkWritable(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
 	}
-	writeTable(out, result)
-	return nil
+	return f.Close()
 }
 
 // benchSnapshot returns the snapshot in opts.snapshotDir, or the cached
@@ -155,8 +188,15 @@ func runBench(ctx context.Context, opts benchOptions, logger *slog.Logger, out i
 func benchSnapshot(ctx context.Context, setup *providerSetup, opts benchOptions) (vm.Snapshot, string, error) {
 	dir := opts.snapshotDir
 	if dir == "" {
+		cacheKey := setup.cacheKey
+		if setup.resolveCacheKey != nil {
+			var err error
+			if cacheKey, err = setup.resolveCacheKey(ctx); err != nil {
+				return vm.Snapshot{}, "", err
+			}
+		}
 		k := opts.key
-		name := fmt.Sprintf("%s-%s-%dcpu-%dmib-%s", k.Name, k.Version, k.VCPUs, k.MemoryMiB, setup.cacheKey)
+		name := fmt.Sprintf("%s-%s-%dcpu-%dmib-%s", k.Name, k.Version, k.VCPUs, k.MemoryMiB, cacheKey)
 		dir = filepath.Join(opts.provider.cacheDir, "templates", name)
 	}
 
@@ -164,15 +204,10 @@ func benchSnapshot(ctx context.Context, setup *providerSetup, opts benchOptions)
 	if err == nil {
 		return snap, accel, nil
 	}
-	if _, statErr := os.Stat(dir); statErr == nil {
-		if opts.snapshotDir != "" {
-			return vm.Snapshot{}, "", fmt.Errorf("--snapshot %s: %w", dir, err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			return vm.Snapshot{}, "", err
-		}
+	if _, statErr := os.Stat(dir); statErr == nil && opts.snapshotDir != "" {
+		return vm.Snapshot{}, "", fmt.Errorf("--snapshot %s: %w", dir, err)
 	}
-	return setup.createSnapshot(ctx, opts.key, dir)
+	return createSnapshotLocked(ctx, setup, opts.key, dir, opts.snapshotDir == "")
 }
 
 // measureCold times Provider.Restore, which returns once the guest has
@@ -207,20 +242,33 @@ func measureCold(ctx context.Context, p vm.Provider, opts benchOptions, snap vm.
 func measureWarm(ctx context.Context, setup *providerSetup, opts benchOptions, snap vm.Snapshot) ([]time.Duration, float64, error) {
 	cfg := pool.DefaultConfig()
 	cfg.MinDepth, cfg.MaxDepth = opts.depth, opts.depth
-	cfg.RestoreConcurrency = opts.depth
+	cfg.RestoreConcurrency = max(opts.restoreConcurrency, 1)
 	cfg.RefillInterval = 100 * time.Millisecond
 	cfg.BackoffMax = time.Second
-	warmPool, err := pool.New(setup.provider, cfg)
+	cfg.JoinBudget = closeBudget
+	tracked := newTrackedProvider(setup.provider)
+	warmPool, err := pool.New(tracked, cfg)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	closed := false
+	closePool := func() {
+		if closed {
+			return
+		}
+		closed = true
+		closeCtx, cancel := context.WithTimeout(context.Background(), closeBudget)
 		defer cancel()
 		if err := warmPool.Close(closeCtx); err != nil {
 			fmt.Fprintln(os.Stderr, "warmpool bench: close pool:", err)
 		}
-	}()
+		// Close may return while restores run on, and this process may
+		// exit right after, so wait for them and destroy what they left.
+		if err := tracked.drain(closeBudget); err != nil {
+			fmt.Fprintln(os.Stderr, "warmpool bench:", err)
+		}
+	}
+	defer closePool()
 	if err := warmPool.Register(opts.key, snap); err != nil {
 		return nil, 0, err
 	}
@@ -245,48 +293,48 @@ func measureWarm(ctx context.Context, setup *providerSetup, opts benchOptions, s
 	}
 	bar.Finish()
 
-	pss, err := measurePSS(ctx, warmPool, setup, opts)
+	// The pool is closed first, so no refill runs while memory is read.
+	closePool()
+	pss, err := measurePSS(ctx, setup, opts, snap)
 	if err != nil {
 		return nil, 0, fmt.Errorf("memory: %w", err)
 	}
 	return samples, pss, nil
 }
 
-// measurePSS acquires a full pool of warm clones at once and returns their
-// mean proportional set size in MiB, so pages the clones share with each
-// other are split between them. It returns 0 for a provider without a
-// VMM process.
-func measurePSS(ctx context.Context, warmPool *pool.Pool, setup *providerSetup, opts benchOptions) (float64, error) {
+// measurePSS restores opts.depth clones, one at a time, and returns their
+// mean proportional set size in MiB once all of them run and no restore
+// is in flight, so pages the clones share with each other are split
+// between them. It returns 0 for a provider without a VMM process.
+func measurePSS(ctx context.Context, setup *providerSetup, opts benchOptions, snap vm.Snapshot) (float64, error) {
 	if setup.memoryPSS == nil {
 		return 0, nil
 	}
-	if err := waitFilled(ctx, warmPool, opts.key, opts.depth); err != nil {
-		return 0, err
-	}
 
-	var handles []pool.Handle
+	var instances []vm.Instance
 	defer func() {
-		for _, h := range handles {
-			destroyOffClock(setup.provider, h.Instance)
+		for _, inst := range instances {
+			destroyOffClock(setup.provider, inst)
 		}
 	}()
 	for range opts.depth {
-		h, err := warmPool.Acquire(ctx, opts.key)
+		id := pool.NewVMID(opts.key)
+		inst, err := setup.provider.Restore(ctx, id, opts.key, snap)
 		if err != nil {
-			return 0, err
+			return 0, errors.Join(err, destroyOffClock(setup.provider, vm.Instance{ID: id}))
 		}
-		handles = append(handles, h)
+		instances = append(instances, inst)
 	}
 
 	var total int64
-	for _, h := range handles {
-		pss, err := setup.memoryPSS(h.Instance)
+	for _, inst := range instances {
+		pss, err := setup.memoryPSS(inst)
 		if err != nil {
 			return 0, err
 		}
 		total += pss
 	}
-	return float64(total) / float64(len(handles)) / (1 << 20), nil
+	return float64(total) / float64(len(instances)) / (1 << 20), nil
 }
 
 // waitFilled waits until the stack's bucket has depth warm VMs. It returns
@@ -338,4 +386,80 @@ func newProgressBar(total int, description string) *progressbar.ProgressBar {
 		progressbar.OptionThrottle(50*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 	)
+}
+
+// closeBudget bounds how long the bench waits, when it stops, for the pool
+// to close and for restores still running to return.
+const closeBudget = time.Minute
+
+// trackedProvider records the VMs that the warm pool restores and has not
+// destroyed, so the bench can destroy them itself when the pool's Close
+// returns before its restores do.
+type trackedProvider struct {
+	vm.Provider
+
+	restores sync.WaitGroup // counts Restore calls in flight
+	mu       sync.Mutex     // guards live, and is never held during a provider call
+	live     map[string]vm.Instance
+}
+
+func newTrackedProvider(p vm.Provider) *trackedProvider {
+	return &trackedProvider{Provider: p, live: map[string]vm.Instance{}}
+}
+
+// Restore records id before the restore starts, so that drain also
+// removes what an interrupted restore left.
+func (t *trackedProvider) Restore(ctx context.Context, id string, key vm.StackKey, snap vm.Snapshot) (vm.Instance, error) {
+	t.restores.Add(1)
+	defer t.restores.Done()
+	t.mu.Lock()
+	t.live[id] = vm.Instance{ID: id}
+	t.mu.Unlock()
+
+	inst, err := t.Provider.Restore(ctx, id, key, snap)
+	if err == nil {
+		t.mu.Lock()
+		t.live[id] = inst
+		t.mu.Unlock()
+	}
+	return inst, err
+}
+
+func (t *trackedProvider) Destroy(ctx context.Context, inst vm.Instance) error {
+	err := t.Provider.Destroy(ctx, inst)
+	if err == nil {
+		t.mu.Lock()
+		delete(t.live, inst.ID)
+		t.mu.Unlock()
+	}
+	return err
+}
+
+// drain waits up to timeout for every restore to return and then destroys
+// every VM that was restored and not destroyed.
+func (t *trackedProvider) drain(timeout time.Duration) error {
+	done := make(chan struct{})
+	go func() {
+		t.restores.Wait()
+		close(done)
+	}()
+	var errs []error
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		errs = append(errs, fmt.Errorf("restores still running after %s: their VMs may be left behind", timeout))
+	}
+
+	t.mu.Lock()
+	left := make([]vm.Instance, 0, len(t.live))
+	for _, inst := range t.live {
+		left = append(left, inst)
+	}
+	t.mu.Unlock()
+	for _, inst := range left {
+		if err := destroyOffClock(t, inst); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -90,10 +91,19 @@ func writeTable(w io.Writer, r benchResult) {
 	fmt.Fprintf(tw, "warm acquire\t%.4f\t%.4f\t%.4f\t\n", r.WarmP50Ms, r.WarmP90Ms, r.WarmP99Ms)
 	tw.Flush()
 
-	fmt.Fprintf(w, "\ncold/warm at p50: %.0fx\n", r.RatioP50)
+	fmt.Fprintf(w, "\ncold/warm at p50: %sx\n", formatRatio(r.RatioP50))
 	if r.PSSMiBPerClone > 0 {
 		fmt.Fprintf(w, "host memory per warm clone (PSS): %.1f MiB\n", r.PSSMiBPerClone)
 	}
+}
+
+// formatRatio prints ratio with at least three significant digits and no
+// exponent, so a ratio below 1 does not round to zero.
+func formatRatio(ratio float64) string {
+	if ratio >= 100 {
+		return strconv.FormatFloat(ratio, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(ratio, 'g', 3, 64)
 }
 
 // plotCDFs draws the empirical CDFs of both paths on a log time axis and
@@ -106,8 +116,10 @@ func plotCDFs(file string, r benchResult, cold, warm []time.Duration) error {
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top = true
-	p.Legend.Left = true
+	// Both curves reach 1 on the right, so the bottom right corner is
+	// free for the legend.
+	p.Legend.Top = false
+	p.Legend.Left = false
 	p.Add(plotter.NewGrid())
 
 	series := []struct {
@@ -132,15 +144,22 @@ func plotCDFs(file string, r benchResult, cold, warm []time.Duration) error {
 	return p.Save(7*vg.Inch, 4*vg.Inch, file)
 }
 
-// cdfPoints returns the empirical CDF of samples in milliseconds. A log
-// axis cannot show zero, so zero durations become one nanosecond.
+// cdfPoints returns the empirical CDF of samples in milliseconds, starting
+// with a point at 0 below the smallest sample so that a single sample
+// still draws a step. A log axis cannot show zero, so zero durations
+// become one nanosecond.
 func cdfPoints(samples []time.Duration) plotter.XYs {
 	sorted := slices.Clone(samples)
 	slices.Sort(sorted)
-	points := make(plotter.XYs, len(sorted))
+	points := make(plotter.XYs, 0, len(sorted)+1)
+	if len(sorted) > 0 {
+		points = append(points, plotter.XY{X: milliseconds(max(sorted[0], time.Nanosecond)), Y: 0})
+	}
 	for i, d := range sorted {
-		points[i].X = milliseconds(max(d, time.Nanosecond))
-		points[i].Y = float64(i+1) / float64(len(sorted))
+		points = append(points, plotter.XY{
+			X: milliseconds(max(d, time.Nanosecond)),
+			Y: float64(i+1) / float64(len(sorted)),
+		})
 	}
 	return points
 }

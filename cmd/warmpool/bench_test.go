@@ -10,7 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"context"
 	"github.com/warmpool/warmpool/vm"
+	"github.com/warmpool/warmpool/vm/sim"
+	"io"
+	"runtime"
 )
 
 func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
@@ -148,3 +152,118 @@ func TestBenchSimProvider(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestFormatRatioKeepsSmallValues(t *testing.T) {
+	cases := map[float64]string{0.25: "0.25", 0.001234: "0.00123", 1.5: "1.5", 12.34: "12.3", 1234.5: "1234", 0: "0"}
+	for ratio, want := range cases {
+		if got := formatRatio(ratio); got != want {
+			t.Errorf("formatRatio(%v) = %q, want %q", ratio, got, want)
+		}
+	}
+}
+
+func TestCDFPointsSingleSample(t *testing.T) {
+	points := cdfPoints([]time.Duration{ms(5)})
+	if len(points) != 2 {
+		t.Fatalf("cdfPoints of one sample has %d points, want 2 to draw a step", len(points))
+	}
+	if points[0].Y != 0 || points[1].Y != 1 {
+		t.Errorf("cdfPoints = %v, want a step from 0 to 1", points)
+	}
+}
+
+func TestBenchRejectsBadPlotPathEarly(t *testing.T) {
+	sim := vm.StackKey{Name: "b", Version: "1", VCPUs: 1, MemoryMiB: 128}
+	opts := benchOptions{
+		key: sim, samples: 1, depth: 1,
+		plot:     filepath.Join(t.TempDir(), "missing-dir", "cdf.png"),
+		provider: providerOptions{name: "sim", cacheDir: t.TempDir(), simRestore: time.Hour},
+	}
+	// A restore of an hour would time the test out if the run started.
+	err := runBench(t.Context(), opts, discardLogger(), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "invalid --plot") {
+		t.Errorf("runBench = %v, want an invalid --plot error before the run", err)
+	}
+}
+
+func TestBenchOptionsDepthBounds(t *testing.T) {
+	o := benchOptions{key: vm.StackKey{Name: "b", Version: "1", VCPUs: 1, MemoryMiB: 128},
+		samples: 1, depth: maxBenchDepth + 1, provider: providerOptions{cacheDir: t.TempDir()}}
+	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--depth") {
+		t.Errorf("validate with depth %d = %v, want a --depth error", o.depth, err)
+	}
+	o.depth = 40
+	if err := o.validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if want := min(40, runtime.NumCPU()); o.restoreConcurrency != want {
+		t.Errorf("default restore concurrency = %d, want %d", o.restoreConcurrency, want)
+	}
+}
+
+// TestBenchCancelLeavesNoVM cancels a bench while the pool's restores are
+// still running and checks that none of them outlives runBench.
+func TestBenchCancelLeavesNoVM(t *testing.T) {
+	p, err := sim.New(sim.Config{RestoreLatency: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup := &providerSetup{provider: p, close: func() {}}
+	key := vm.StackKey{Name: "b", Version: "1", VCPUs: 1, MemoryMiB: 128}
+	opts := benchOptions{key: key, samples: 1, depth: 8, restoreConcurrency: 8}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+
+	if _, _, err := measureWarm(ctx, setup, opts, vm.Snapshot{ID: "s", Provider: "sim", Path: "/s"}); err == nil {
+		t.Fatal("measureWarm returned nil after its context ended")
+	}
+	restored := len(p.Restored())
+	if waiting := p.Waiting(); waiting != 0 {
+		t.Errorf("%d restores still running after measureWarm returned", waiting)
+	}
+	if live := p.Live(); len(live) != 0 {
+		t.Errorf("VMs left after measureWarm returned: %v", live)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if later := len(p.Restored()); later != restored {
+		t.Errorf("%d restores finished after measureWarm returned", later-restored)
+	}
+}
+
+func TestSimTemplateCreatesSnapshot(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "snap")
+	key := vm.StackKey{Name: "b", Version: "1", VCPUs: 1, MemoryMiB: 128}
+	if _, _, err := createSimSnapshot(t.Context(), key, dir); err != nil {
+		t.Fatalf("createSimSnapshot: %v", err)
+	}
+	if _, _, err := loadSimSnapshot(dir); err != nil {
+		t.Errorf("loadSimSnapshot of a created snapshot: %v", err)
+	}
+	corrupt := t.TempDir()
+	if err := os.WriteFile(filepath.Join(corrupt, simSnapshotFile), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadSimSnapshot(corrupt); err == nil || !strings.Contains(err.Error(), "invalid") {
+		t.Errorf("loadSimSnapshot of a corrupt snapshot = %v, want an invalid error", err)
+	}
+}
+
+// TestCreateSnapshotConcurrent runs two creations of one snapshot at once
+// and checks that both succeed with the same snapshot.
+func TestCreateSnapshotConcurrent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "templates", "snap")
+	key := vm.StackKey{Name: "b", Version: "1", VCPUs: 1, MemoryMiB: 128}
+	setup := &providerSetup{createSnapshot: createSimSnapshot, loadSnapshot: loadSimSnapshot}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, _, err := createSnapshotLocked(t.Context(), setup, key, dir, true)
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("createSnapshotLocked: %v", err)
+		}
+	}
+}
