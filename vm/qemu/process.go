@@ -174,9 +174,28 @@ func (p *process) kill(timeout time.Duration) error {
 	}
 }
 
-// output returns the tails of QEMU's stderr and of the guest console, for
-// error messages.
+// exitGrace is how long output waits for a failing QEMU to exit, so that
+// its exit status and last stderr lines make it into the error.
+const exitGrace = 500 * time.Millisecond
+
+// output returns QEMU's exit status, when it has exited, and the tails of
+// its stderr and of the guest console, for error messages. It waits up to
+// exitGrace for the process to exit first.
 func (p *process) output() string {
+	select {
+	case <-p.exited:
+	case <-time.After(exitGrace):
+	}
+
+	var b strings.Builder
+	if !p.alive() {
+		status := "exit status 0"
+		if p.err != nil {
+			status = p.err.Error()
+		}
+		fmt.Fprintf(&b, "\nqemu pid %d exited: %s", p.pid, status)
+	}
+
 	var stderr, console string
 	if p.logDir != "" {
 		stderr = readTail(filepath.Join(p.logDir, stderrFile))
@@ -184,8 +203,6 @@ func (p *process) output() string {
 	} else {
 		stderr, console = p.stderr.String(), p.console.String()
 	}
-
-	var b strings.Builder
 	if s := strings.TrimSpace(stderr); s != "" {
 		fmt.Fprintf(&b, "\nqemu stderr:\n%s", s)
 	}

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,4 +59,32 @@ func isZombie(pid int) bool {
 	}
 	_, after, _ := strings.Cut(string(b), ") ")
 	return strings.HasPrefix(after, "Z")
+}
+
+// TestLaunchErrorNamesExitStatus starts a QEMU stand-in that writes to
+// stderr and exits 3, and checks that the launch error says both.
+func TestLaunchErrorNamesExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "failing-qemu.sh")
+	body := "#!/bin/sh\necho 'No space left on device' >&2\nexit 3\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{StateDir: filepath.Join(dir, "state"), Binary: script, Accel: AccelTCG})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	_, err = p.launch(ctx, "fail-1", launchSpec{workDir: dir, memoryMiB: 16, memoryPath: filepath.Join(dir, "memory")})
+	if err == nil {
+		t.Fatal("launch of a failing binary returned nil")
+	}
+	if !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("launch error %q lacks the exit status", err)
+	}
+	if !strings.Contains(err.Error(), "No space left on device") {
+		t.Errorf("launch error %q lacks the stderr tail", err)
+	}
 }
