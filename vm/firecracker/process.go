@@ -109,6 +109,26 @@ func (p *process) exitError() error {
 	return fmt.Errorf("firecracker process %d: %w", p.pid, err)
 }
 
+// exitWait is how long failure waits for a process that broke its
+// connection to exit. The wait also lets cmd.Wait finish copying stderr.
+const exitWait = time.Second
+
+// failure adds to err, the error of a call to the process, how the
+// process ended when it exits within exitWait, or its output so far. It
+// waits only when the call got no response.
+func (p *process) failure(err error) error {
+	var transport *api.TransportError
+	if !errors.As(err, &transport) {
+		return p.withOutput(err)
+	}
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%w: %w", err, p.exitError())
+	case <-time.After(exitWait):
+		return p.withOutput(err)
+	}
+}
+
 // withOutput adds the process's output to err.
 func (p *process) withOutput(err error) error {
 	if out := p.output(); out != "" {

@@ -370,7 +370,7 @@ func (p *Provider) loadSnapshot(ctx context.Context, m *machine, meta Metadata, 
 	// The snapshot's vsock path is relative and resolves to the VM
 	// directory of each clone, so no vsock_override is needed.
 	if err := m.client.LoadSnapshot(ctx, load); err != nil {
-		return m.proc.withOutput(fmt.Errorf("snapshot load: %w", err))
+		return m.proc.failure(fmt.Errorf("snapshot load: %w", err))
 	}
 	return nil
 }

@@ -144,7 +144,7 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 		return snap, err
 	}
 	if err := p.bootTemplate(ctx, m, spec, &meta); err != nil {
-		return snap, m.proc.withOutput(err)
+		return snap, m.proc.failure(err)
 	}
 
 	healthCtx, cancel := context.WithTimeout(ctx, p.cfg.HealthTimeout)
@@ -154,7 +154,7 @@ func (p *Provider) template(ctx context.Context, spec TemplateSpec) (snap vm.Sna
 	}
 
 	if err := p.snapshotTemplate(ctx, m, &meta); err != nil {
-		return snap, m.proc.withOutput(err)
+		return snap, m.proc.failure(err)
 	}
 	if err := p.stop(ctx, m); err != nil {
 		return snap, err
