@@ -74,6 +74,11 @@ func createTestTemplate(t *testing.T, p *Provider) (vm.StackKey, vm.Snapshot) {
 	return key, tmpl.Snapshot
 }
 
+func checkSaysExited(p *Provider, inst vm.Instance) bool {
+	err := p.Check(inst)
+	return err != nil && strings.Contains(err.Error(), "exited")
+}
+
 func processExists(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
@@ -154,7 +159,9 @@ func TestProviderEndToEnd(t *testing.T) {
 		t.Fatalf("kill qemu: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for p.Check(killed) == nil && time.Now().Before(deadline) {
+	// The agent connection may close before the process is reaped, so
+	// wait for the error that names the exit.
+	for !checkSaysExited(p, killed) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := p.Check(killed); err == nil || !strings.Contains(err.Error(), "exited") {
