@@ -79,8 +79,10 @@ type Daemon struct {
 // same socket fails without changing anything. On failure Start undoes
 // what it started. If ctx is cancelled during recovery, Start returns an
 // error and leaves the records it has not handled yet for the next start.
-func Start(ctx context.Context, cfg *Config, opts Options) (d *Daemon, err error) {
-	d = &Daemon{
+func Start(ctx context.Context, cfg *Config, opts Options) (_ *Daemon, err error) {
+	// d is not the named result: "return nil, err" must leave it set for
+	// the deferred undo steps below.
+	d := &Daemon{
 		configPath: opts.ConfigPath,
 		log:        opts.Logger,
 		clock:      opts.Clock,
