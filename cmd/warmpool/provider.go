@@ -213,7 +213,7 @@ func loadSimSnapshot(dir string) (vm.Snapshot, string, error) {
 	b, err := os.ReadFile(filepath.Join(dir, simSnapshotFile))
 	if err != nil {
 		if _, qemuErr := os.Stat(filepath.Join(dir, qemu.MetadataFile)); qemuErr == nil {
-			return vm.Snapshot{}, "", fmt.Errorf("sim snapshot: %s holds a qemu snapshot, not a sim one", dir)
+			return vm.Snapshot{}, "", fmt.Errorf("sim snapshot: %s contains a qemu snapshot, not a sim one", dir)
 		}
 		return vm.Snapshot{}, "", fmt.Errorf("sim snapshot: %w", err)
 	}
@@ -266,7 +266,7 @@ const (
 )
 
 // removeStaleStateDirs removes the temporary state directories in tmpDir
-// whose lock file nobody holds, because the run that made them died. A
+// whose lock file no process has locked, because the run that made them died. A
 // directory without the lock file is left alone.
 //
 // NOTE: VM directories that a killed run leaves in a --state-dir of the

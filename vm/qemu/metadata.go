@@ -143,12 +143,12 @@ func ReadMetadata(dir string) (Metadata, error) {
 	return m, nil
 }
 
-// describeOtherSnapshot names the provider whose snapshot dir holds, for
+// describeOtherSnapshot names the provider whose snapshot dir contains, for
 // an error about a missing MetadataFile, or returns "".
 func describeOtherSnapshot(dir string) string {
 	// The Firecracker provider writes this file into its snapshots.
 	if _, err := os.Stat(filepath.Join(dir, "warmpool-snapshot.json")); err == nil {
-		return fmt.Sprintf(": %s holds a firecracker snapshot, not a qemu one", dir)
+		return fmt.Sprintf(": %s contains a firecracker snapshot, not a qemu one", dir)
 	}
 	return ""
 }
