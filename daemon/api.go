@@ -124,7 +124,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", d.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
 	mux.Handle("/", d.recorder.StatusRoutes(d.pool.Stats))
-	return d.recoverPanics(mux)
+	return d.recoverPanics(d.guardTCP(mux))
 }
 
 // recoverPanics turns a panic in a handler into a logged 500, so that no
