@@ -60,7 +60,15 @@ type PoolConfig struct {
 	JoinBudget         time.Duration `yaml:"join_budget"`
 	BackoffInitial     time.Duration `yaml:"backoff_initial"`
 	BackoffMax         time.Duration `yaml:"backoff_max"`
+	// MaxVMsPerStack caps max_depth, in the pool section and in each
+	// stack, so a typo or a bad request cannot ask for a million VMs. It
+	// is checked by the daemon and not passed to the pool.
+	MaxVMsPerStack int `yaml:"max_vms_per_stack"`
 }
+
+// defaultMaxVMsPerStack is pool.max_vms_per_stack when the file leaves it
+// out. Raise it in the file for hosts that keep larger buckets.
+const defaultMaxVMsPerStack = 64
 
 // ListenConfig is the listen section: where the HTTP API is served.
 type ListenConfig struct {
@@ -129,6 +137,7 @@ func DefaultConfig() Config {
 			JoinBudget:         pc.JoinBudget,
 			BackoffInitial:     pc.BackoffInitial,
 			BackoffMax:         pc.BackoffMax,
+			MaxVMsPerStack:     defaultMaxVMsPerStack,
 		},
 		Listen:          ListenConfig{Socket: DefaultSocket, SocketMode: 0o660},
 		StateDir:        "/var/lib/warmpool",
@@ -312,6 +321,11 @@ func (p PoolConfig) validate() []fieldError {
 	if p.MaxDepth < p.MinDepth {
 		add("max_depth", "must be >= min_depth (%d), got %d", p.MinDepth, p.MaxDepth)
 	}
+	if p.MaxVMsPerStack < 1 {
+		add("max_vms_per_stack", "must be >= 1, got %d", p.MaxVMsPerStack)
+	} else if p.MaxDepth > p.MaxVMsPerStack {
+		add("max_depth", "must be <= max_vms_per_stack (%d), got %d", p.MaxVMsPerStack, p.MaxDepth)
+	}
 	if p.RestoreConcurrency < 1 {
 		add("restore_concurrency", "must be >= 1, got %d", p.RestoreConcurrency)
 	}
@@ -365,6 +379,9 @@ func (s StackConfig) validate(path string, defaults PoolConfig, providerKind str
 	}
 	if maxDepth < minDepth {
 		add("max_depth", "must be >= min_depth (%d)", minDepth)
+	}
+	if defaults.MaxVMsPerStack >= 1 && maxDepth > defaults.MaxVMsPerStack {
+		add("max_depth", "must be <= pool.max_vms_per_stack (%d), got %d", defaults.MaxVMsPerStack, maxDepth)
 	}
 	return errs
 }

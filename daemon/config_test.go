@@ -111,6 +111,21 @@ func TestParseConfigErrors(t *testing.T) {
 			want: "bad.yaml:1:11: provider: expected a mapping, got a list",
 		},
 		{
+			name: "stack depth above the cap",
+			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n    max_depth: 1000000\n",
+			want: "bad.yaml:5:16: stacks[0].max_depth: must be <= pool.max_vms_per_stack (64), got 1000000",
+		},
+		{
+			name: "pool depth above the cap",
+			yaml: "provider: {kind: sim}\npool:\n  max_vms_per_stack: 8\n  max_depth: 9\n",
+			want: "bad.yaml:4:14: pool.max_depth: must be <= max_vms_per_stack (8), got 9",
+		},
+		{
+			name: "cap below one",
+			yaml: "provider: {kind: sim}\npool:\n  max_vms_per_stack: 0\n",
+			want: "bad.yaml:3:22: pool.max_vms_per_stack: must be >= 1, got 0",
+		},
+		{
 			name: "max below min in a stack",
 			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n" +
 				"  - key: {name: b, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n    min_depth: 3\n    max_depth: 2\n",

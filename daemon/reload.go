@@ -64,15 +64,16 @@ func sortKeys(keys []vm.StackKey) {
 
 // restartOnlyChanges names the sections of next that differ from cur and
 // take effect only at the next start: the provider, the listen addresses,
-// the state directory, and the pool section apart from its default depths.
+// the state directory, and the pool section apart from its default depths
+// and max_vms_per_stack, which reload applies.
 func restartOnlyChanges(cur, next *Config) []string {
 	var changed []string
 	if !reflect.DeepEqual(cur.Provider, next.Provider) {
 		changed = append(changed, "provider")
 	}
 	curPool, nextPool := cur.Pool, next.Pool
-	curPool.MinDepth, curPool.MaxDepth = 0, 0
-	nextPool.MinDepth, nextPool.MaxDepth = 0, 0
+	curPool.MinDepth, curPool.MaxDepth, curPool.MaxVMsPerStack = 0, 0, 0
+	nextPool.MinDepth, nextPool.MaxDepth, nextPool.MaxVMsPerStack = 0, 0, 0
 	if curPool != nextPool {
 		changed = append(changed, "pool")
 	}
@@ -105,9 +106,10 @@ func (d *Daemon) Reload(ctx context.Context) error {
 		d.log.Warn("reload: changed sections need a restart to take effect",
 			"sections", strings.Join(changed, ","))
 		next.Provider, next.Listen, next.StateDir = cur.Provider, cur.Listen, cur.StateDir
-		minDepth, maxDepth := next.Pool.MinDepth, next.Pool.MaxDepth
+		reloadable := next.Pool
 		next.Pool = cur.Pool
-		next.Pool.MinDepth, next.Pool.MaxDepth = minDepth, maxDepth
+		next.Pool.MinDepth, next.Pool.MaxDepth = reloadable.MinDepth, reloadable.MaxDepth
+		next.Pool.MaxVMsPerStack = reloadable.MaxVMsPerStack
 	}
 
 	kind := d.provider.Name()
