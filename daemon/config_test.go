@@ -111,6 +111,21 @@ func TestParseConfigErrors(t *testing.T) {
 			want: "bad.yaml:1:11: provider: expected a mapping, got a list",
 		},
 		{
+			name: "decimal pool depth",
+			yaml: "provider: {kind: sim}\npool:\n  min_depth: 1.5\n",
+			want: `bad.yaml:3:14: pool.min_depth: invalid value "1.5": expected an integer`,
+		},
+		{
+			name: "decimal vcpus",
+			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1.7, memory_mib: 64}\n    snapshot: {path: p}\n",
+			want: `bad.yaml:3:41: stacks[0].key.vcpus: invalid value "1.7": expected an integer`,
+		},
+		{
+			name: "decimal memory",
+			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 256.5}\n    snapshot: {path: p}\n",
+			want: `stacks[0].key.memory_mib: invalid value "256.5": expected an integer`,
+		},
+		{
 			name: "stack depth above the cap",
 			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n    max_depth: 1000000\n",
 			want: "bad.yaml:5:16: stacks[0].max_depth: must be <= pool.max_vms_per_stack (64), got 1000000",

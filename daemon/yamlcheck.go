@@ -107,6 +107,12 @@ func (c *yamlChecker) checkLeaf(n *yaml.Node, t reflect.Type, path string) {
 		c.fail(n, path, "expected %s, got %s", describeType(t), describeNode(n))
 		return
 	}
+	// yaml.v3 truncates a float such as 1.5 into an integer field
+	// without an error, so floats are rejected here.
+	if isInteger(t) && !reflect.PointerTo(t).Implements(unmarshalerType) && n.ShortTag() == "!!float" {
+		c.fail(n, path, "invalid value %q: expected %s", n.Value, describeType(t))
+		return
+	}
 	err := n.Decode(reflect.New(t).Interface())
 	if err == nil {
 		return
@@ -117,6 +123,15 @@ func (c *yamlChecker) checkLeaf(n *yaml.Node, t reflect.Type, path string) {
 		return
 	}
 	c.fail(n, path, "%v", err)
+}
+
+func isInteger(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return t != durationType
+	}
+	return false
 }
 
 func (c *yamlChecker) checkStruct(n *yaml.Node, t reflect.Type, path string) {
