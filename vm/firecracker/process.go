@@ -115,10 +115,11 @@ const exitWait = time.Second
 
 // failure adds to err, the error of a call to the process, how the
 // process ended when it exits within exitWait, or its output so far. It
-// waits only when the call got no response.
+// waits only when the connection broke, not when the process answered or
+// the call was canceled or timed out, so that Close and timeouts stay fast.
 func (p *process) failure(err error) error {
 	var transport *api.TransportError
-	if !errors.As(err, &transport) {
+	if !errors.As(err, &transport) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return p.withOutput(err)
 	}
 	select {
