@@ -128,6 +128,8 @@ func (c Config) Validate() error {
 	}
 	if c.FirecrackerBin == "" {
 		add("missing firecracker_bin: set the path of the firecracker executable")
+	} else if !filepath.IsAbs(c.FirecrackerBin) {
+		add("firecracker_bin %q must be an absolute path, because the VMM starts in its VM directory", c.FirecrackerBin)
 	}
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		add("state_dir %q must be an absolute path", c.StateDir)
@@ -155,6 +157,8 @@ func (c Config) Validate() error {
 	if j := c.Jailer; j != nil {
 		if j.Bin == "" {
 			add("missing jailer.bin: set the path of the jailer executable")
+		} else if !filepath.IsAbs(j.Bin) {
+			add("jailer.bin %q must be an absolute path", j.Bin)
 		}
 		if j.UID < 0 || j.GID < 0 {
 			add("jailer uid %d and gid %d must not be negative", j.UID, j.GID)

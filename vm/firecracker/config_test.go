@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/warmpool/warmpool/vm/firecracker/api"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -24,6 +26,10 @@ func TestConfigValidate(t *testing.T) {
 		{"jailer without base", func(c *Config) {
 			c.Jailer = &JailerConfig{Bin: "/usr/bin/jailer", CgroupVersion: 2}
 		}, "chroot_base_dir"},
+		{"relative binary", func(c *Config) { c.FirecrackerBin = "bin/firecracker" }, "firecracker_bin"},
+		{"relative jailer", func(c *Config) {
+			c.Jailer = &JailerConfig{Bin: "jailer", ChrootBaseDir: "/srv/jailer", CgroupVersion: 2}
+		}, "jailer.bin"},
 		{"jailer cgroup version", func(c *Config) {
 			c.Jailer = &JailerConfig{Bin: "/usr/bin/jailer", ChrootBaseDir: "/srv/jailer", CgroupVersion: 3}
 		}, "cgroup_version"},
@@ -73,5 +79,40 @@ jailer:
 	}
 	if c.Jailer == nil || c.Jailer.UID != 123 || c.Jailer.CgroupVersion != 2 || len(c.Jailer.Cgroups) != 1 {
 		t.Errorf("decoded jailer %+v", c.Jailer)
+	}
+}
+
+func TestTemplateSpecValidate(t *testing.T) {
+	valid := TemplateSpec{ID: "base", SnapshotDir: "/snaps", Stack: testStack, KernelImage: "/vmlinux"}
+	cases := []struct {
+		name   string
+		modify func(*TemplateSpec)
+		want   string
+	}{
+		{"valid", func(*TemplateSpec) {}, ""},
+		{"mtu below 68", func(s *TemplateSpec) {
+			s.Network = []api.NetworkInterface{{IfaceID: "eth0", HostDevName: "tap0", MTU: 67}}
+		}, "mtu"},
+		{"mtu 68", func(s *TemplateSpec) {
+			s.Network = []api.NetworkInterface{{IfaceID: "eth0", HostDevName: "tap0", MTU: 68}}
+		}, ""},
+		{"vsock cid 2", func(s *TemplateSpec) { s.VsockCID = 2 }, "vsock_cid"},
+		{"negative vsock cid", func(s *TemplateSpec) { s.VsockCID = -1 }, "vsock_cid"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := valid
+			tc.modify(&s)
+			err := s.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate() = %v, want an error naming %s", err, tc.want)
+			}
+		})
 	}
 }

@@ -332,7 +332,10 @@ func waitForSocket(ctx context.Context, p *process, path string, timeout time.Du
 		case <-p.exited:
 			return fmt.Errorf("wait for API socket: %w", p.exitError())
 		case <-ctx.Done():
-			return p.withOutput(fmt.Errorf("wait for API socket %s: timed out after %v: %w", path, timeout, ctx.Err()))
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return p.withOutput(fmt.Errorf("wait for API socket %s: timed out after %v: %w", path, timeout, ctx.Err()))
+			}
+			return p.withOutput(fmt.Errorf("wait for API socket %s: %w", path, ctx.Err()))
 		case <-ticker.C:
 		}
 	}

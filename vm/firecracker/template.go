@@ -86,6 +86,14 @@ func (s TemplateSpec) Validate() error {
 		if n.IfaceID == "" || n.HostDevName == "" || len(n.HostDevName) > 15 {
 			return fmt.Errorf("template: network interface %q: iface_id and a host_dev_name of 1-15 bytes are required", n.IfaceID)
 		}
+		// The API description (v1.16.1) allows an mtu of 68 to 65535.
+		if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+			return fmt.Errorf("template: network interface %q: invalid mtu %d: use 68-65535, or 0 for the guest's default", n.IfaceID, n.MTU)
+		}
+	}
+	// CIDs 0-2 are reserved for the hypervisor and the host.
+	if s.VsockCID != 0 && s.VsockCID < 3 {
+		return fmt.Errorf("template: invalid vsock_cid %d: use 3 or more, or 0 for 3", s.VsockCID)
 	}
 	return nil
 }

@@ -31,7 +31,7 @@ type Options struct {
 
 	// CrashOn and HangOn name a request ("PUT /snapshot/load") on which
 	// the process kills itself with SIGKILL or stops responding for good,
-	// with probability FaultProbability (1 when 0).
+	// with probability FaultProbability, from 0 (never) to 1 (always).
 	CrashOn, HangOn  string
 	FaultProbability float64
 
@@ -184,9 +184,6 @@ func (e *Emulator) injectFaults(route string) {
 		select {}
 	}
 	p := e.opts.FaultProbability
-	if p <= 0 {
-		p = 1
-	}
 	if route == e.opts.CrashOn && rand.Float64() < p {
 		e.opts.Log.Printf("crashing on %s as configured", route)
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)

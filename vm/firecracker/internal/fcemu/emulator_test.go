@@ -152,3 +152,27 @@ func TestEmulatorLoadChecksMemorySize(t *testing.T) {
 	fresh := newTestEmulator(t, "1.16.1")
 	expect(t, fresh, "PUT", "/snapshot/load", api.SnapshotLoad{SnapshotPath: "state", MemFilePath: "mem"}, 400, "has 1048576 bytes")
 }
+
+func TestFaultProbabilityFromEnv(t *testing.T) {
+	if specPath == "" {
+		testenv.Skipf(t, "Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
+	}
+	t.Setenv(EnvSpec, specPath)
+	for _, tc := range []struct {
+		value string
+		want  float64
+	}{{"", 1}, {"0", 0}, {"0.25", 0.25}} {
+		t.Setenv(EnvFaultProbability, tc.value)
+		opts, err := OptionsFromEnv()
+		if err != nil {
+			t.Fatalf("%s=%q: %v", EnvFaultProbability, tc.value, err)
+		}
+		if opts.FaultProbability != tc.want {
+			t.Errorf("%s=%q: probability %v, want %v", EnvFaultProbability, tc.value, opts.FaultProbability, tc.want)
+		}
+	}
+	t.Setenv(EnvFaultProbability, "1.5")
+	if _, err := OptionsFromEnv(); err == nil {
+		t.Errorf("%s=1.5 accepted", EnvFaultProbability)
+	}
+}

@@ -45,6 +45,9 @@ func OptionsFromEnv() (Options, error) {
 		AgentPort:     DefaultAgentPort,
 		HeartbeatPort: DefaultHeartbeatPort,
 		GuestHang:     os.Getenv(EnvGuestHang) == "1",
+		// Faults happen on every matching request unless a probability
+		// is set.
+		FaultProbability: 1,
 	}
 	var err error
 	for _, d := range []struct {
@@ -72,6 +75,9 @@ func OptionsFromEnv() (Options, error) {
 	if s := os.Getenv(EnvFaultProbability); s != "" {
 		if opts.FaultProbability, err = strconv.ParseFloat(s, 64); err != nil {
 			return opts, fmt.Errorf("invalid %s %q: %w", EnvFaultProbability, s, err)
+		}
+		if opts.FaultProbability < 0 || opts.FaultProbability > 1 {
+			return opts, fmt.Errorf("invalid %s %q: use a probability from 0 to 1", EnvFaultProbability, s)
 		}
 	}
 
