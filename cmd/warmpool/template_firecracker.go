@@ -27,6 +27,7 @@ type firecrackerFlags struct {
 	rootfs      string
 	bootArgs    string
 	tap         string
+	createTAPs  bool
 	networkMode string
 	jailer      string
 	jailerUID   int
@@ -40,6 +41,8 @@ func (f *firecrackerFlags) addFlags(cmd *cobra.Command) {
 	flags.StringVar(&f.rootfs, "firecracker-rootfs", "", "guest root file system image for new firecracker templates (default $FIRECRACKER_ROOTFS)")
 	flags.StringVar(&f.bootArgs, "firecracker-boot-args", "console=ttyS0 reboot=k panic=1 pci=off", "guest kernel command line")
 	flags.StringVar(&f.tap, "firecracker-tap", "", "host TAP device of the template's eth0; empty gives the guest no network")
+	flags.BoolVar(&f.createTAPs, "firecracker-create-taps", true,
+		"create the TAP devices of the template and clones and delete them afterwards; false uses existing devices, or lets Firecracker running as root create them")
 	flags.StringVar(&f.networkMode, "firecracker-network", firecracker.NetworkOverride,
 		"how clones get their own TAP device: override (network_overrides, Firecracker >= 1.12) or netns")
 	flags.StringVar(&f.jailer, "firecracker-jailer", "", "jailer executable; empty runs firecracker without the jailer")
@@ -71,7 +74,7 @@ func newFirecrackerProvider(o providerOptions, logger *slog.Logger) (*providerSe
 		FirecrackerBin: bin,
 		StateDir:       stateDir,
 		NetworkMode:    f.networkMode,
-		CreateTAPs:     f.tap != "",
+		CreateTAPs:     f.tap != "" && f.createTAPs,
 	}
 	if f.jailer != "" {
 		cfg.Jailer = &firecracker.JailerConfig{
