@@ -147,14 +147,6 @@ func (d *Daemon) recoverPanics(next http.Handler) http.Handler {
 	})
 }
 
-func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request) {
-	if !d.ready.Load() {
-		writeError(w, &apiError{status: http.StatusServiceUnavailable, msg: "not ready: starting or stopping"})
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-}
-
 func (d *Daemon) handleAcquire(w http.ResponseWriter, r *http.Request) {
 	req, err := decodeAcquireRequest(readBody(w, r))
 	if err != nil {
@@ -318,6 +310,10 @@ func (d *Daemon) handleRegister(w http.ResponseWriter, r *http.Request) {
 			msgs = append(msgs, e.path+": "+e.msg)
 		}
 		writeError(w, badRequest("%s", strings.Join(msgs, "\n")))
+		return
+	}
+	if err := d.checkSnapshot(sc.Key, sc.snapshot(d.provider.Name())); err != nil {
+		writeError(w, badRequest("snapshot.path: %v", err))
 		return
 	}
 	minDepth, maxDepth := sc.Depth(cfg.Pool)

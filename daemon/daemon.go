@@ -129,6 +129,10 @@ func Start(ctx context.Context, cfg *Config, opts Options) (_ *Daemon, err error
 		}
 	}
 
+	if err := d.checkStacks(cfg.Stacks); err != nil {
+		return nil, fmt.Errorf("check stacks: %w", err)
+	}
+
 	pc := cfg.poolConfig()
 	pc.Clock = d.clock
 	pc.Hooks = pool.CombineHooks(d.storeHooks(), d.recorder.PoolHooks(), d.logHooks())

@@ -276,6 +276,7 @@ func TestAPIBadInputs(t *testing.T) {
 		{"register bad depth", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p"},"min_depth":4,"max_depth":2}`, 400, "must be >= min_depth (4)"},
 		{"register other provider", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p","provider":"qemu"}}`, 400, "does not match"},
 		{"unknown API path", "GET", "/v1/nothing", "", 404, "no API endpoint GET /v1/nothing"},
+		{"register missing snapshot", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"/nonexistent/snap"}}`, 400, "snapshot.path: sim: snapshot: stat /nonexistent/snap"},
 		{"register huge depth", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p"},"max_depth":1000000}`, 400, "max_depth: must be <= pool.max_vms_per_stack (64), got 1000000"},
 	}
 

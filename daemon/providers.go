@@ -125,6 +125,9 @@ func (p ProviderConfig) build(log *slog.Logger, clock clockwork.Clock) (vm.Provi
 		return provider, nil
 	case "qemu":
 		cfg := *p.QEMU
+		if err := checkBinary("provider.qemu.binary", cfg.Binary); err != nil {
+			return nil, err
+		}
 		cfg.Detached = true
 		cfg.Logger = log.With("provider", "qemu")
 		provider, err := qemu.New(cfg)
@@ -134,6 +137,9 @@ func (p ProviderConfig) build(log *slog.Logger, clock clockwork.Clock) (vm.Provi
 		return provider, nil
 	case "firecracker":
 		cfg := *p.Firecracker
+		if err := checkBinary("provider.firecracker.firecracker_bin", cfg.FirecrackerBin); err != nil {
+			return nil, err
+		}
 		cfg.Detached = true
 		provider, err := firecracker.New(cfg)
 		if err != nil {

@@ -89,7 +89,8 @@ func restartOnlyChanges(cur, next *Config) []string {
 // Reload reads the config file again and applies its stacks: added stacks
 // are registered, removed ones unregistered (their warm VMs destroyed), and
 // changed ones unregistered and registered again. A config that fails to
-// load is rejected and the running one stays. Changes to sections that
+// load, or names a snapshot that can never be restored, is rejected and the
+// running one stays. Changes to sections that
 // need a restart are logged and ignored. Stacks registered through the API
 // are left alone unless the file names the same key.
 func (d *Daemon) Reload(ctx context.Context) error {
@@ -98,6 +99,11 @@ func (d *Daemon) Reload(ctx context.Context) error {
 
 	next, err := LoadConfig(d.configPath)
 	if err != nil {
+		d.log.Error("reload rejected, keeping the running config", "error", err)
+		return err
+	}
+	if err := d.checkStacks(next.Stacks); err != nil {
+		err = fmt.Errorf("%s: %w", d.configPath, err)
 		d.log.Error("reload rejected, keeping the running config", "error", err)
 		return err
 	}

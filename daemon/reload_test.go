@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -91,6 +93,28 @@ func TestReloadRejectsBadConfig(t *testing.T) {
 	}
 	if td.config().Pool.MaxDepth != 3 {
 		t.Errorf("running max_depth = %d, want 3", td.config().Pool.MaxDepth)
+	}
+}
+
+func TestReloadRejectsMissingSnapshot(t *testing.T) {
+	text := testConfig(t, t.TempDir())
+	td := startTestDaemon(t, text, nil)
+	before := bucketKeys(td)
+
+	missing := filepath.Join(t.TempDir(), "missing")
+	writeConfig(t, td.configPath, strings.Replace(text, "sim://node", missing, 1))
+	err := td.Reload(context.Background())
+	if err == nil {
+		t.Fatal("Reload accepted a stack whose snapshot is missing")
+	}
+	if !strings.Contains(err.Error(), "stacks[1] (node@22/2cpu/512MiB): sim: snapshot: stat "+missing) {
+		t.Errorf("error = %v, want it to name stacks[1] and the missing path", err)
+	}
+	if after := bucketKeys(td); !maps.Equal(after, before) {
+		t.Errorf("buckets changed from %v to %v", before, after)
+	}
+	if got := td.config().Stacks[1].Snapshot.Path; got != "sim://node" {
+		t.Errorf("running snapshot path = %q, want sim://node", got)
 	}
 }
 

@@ -2,10 +2,14 @@ package daemon
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/warmpool/warmpool/vm/sim"
 )
 
 // startConfig writes text to a config file in a fresh directory and loads it.
@@ -45,4 +49,92 @@ func TestStartFailureReturnsError(t *testing.T) {
 		t.Fatalf("second Start: %v", err)
 	}
 	d.Shutdown(context.Background())
+}
+
+func TestStartRejectsUnusableSnapshot(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	wrongShape := filepath.Join(t.TempDir(), "node")
+	if err := os.Mkdir(wrongShape, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	record := `{"provider":"sim","stack":{"name":"node","version":"22","vcpus":4,"memory_mib":512}}`
+	writeConfig(t, filepath.Join(wrongShape, "sim-snapshot.json"), record)
+
+	text := testConfig(t, t.TempDir())
+	text = strings.Replace(text, "sim://py", missing, 1)
+	text = strings.Replace(text, "sim://node", wrongShape, 1)
+	cfg := startConfig(t, text)
+	p, err := sim.New(sim.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := Start(context.Background(), cfg, Options{Provider: p})
+	if err == nil {
+		d.Shutdown(context.Background())
+		t.Fatal("Start succeeded with a missing snapshot")
+	}
+	for _, want := range []string{
+		"stacks[0] (py@3.12/1cpu/256MiB): sim: snapshot: stat " + missing,
+		"stacks[1] (node@22/2cpu/512MiB): sim: snapshot " + wrongShape + " was made for stack node@22/4cpu/512MiB",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error = %v\nwant it to contain %q", err, want)
+		}
+	}
+	if restored := p.Restored(); len(restored) != 0 {
+		t.Errorf("Start restored VMs before it failed: %v", restored)
+	}
+}
+
+func TestStartRejectsMissingVMMBinary(t *testing.T) {
+	snapDir := t.TempDir()
+	text := testConfig(t, t.TempDir())
+	text = strings.Replace(text, "provider: {kind: sim}", "provider:\n  kind: qemu\n  qemu:\n    binary: /nonexistent/qemu", 1)
+	text = strings.ReplaceAll(text, "sim://py", snapDir)
+	text = strings.ReplaceAll(text, "sim://node", snapDir)
+	cfg := startConfig(t, text)
+
+	d, err := Start(context.Background(), cfg, Options{})
+	if err == nil {
+		d.Shutdown(context.Background())
+		t.Fatal("Start succeeded with a missing QEMU binary")
+	}
+	if !strings.Contains(err.Error(), `provider.qemu.binary "/nonexistent/qemu"`) {
+		t.Errorf("error = %v, want it to name provider.qemu.binary", err)
+	}
+}
+
+func TestReadyzWhileStackNeverWarm(t *testing.T) {
+	p, err := sim.New(sim.Config{RestoreFailureRate: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := startTestDaemon(t, testConfig(t, t.TempDir()), p)
+
+	// Every restore fails, so both stacks back off without a warm VM.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		backingOff := 0
+		for _, b := range td.Stats().Buckets {
+			if !b.RetryAt.IsZero() {
+				backingOff++
+			}
+		}
+		if backingOff == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stacks did not back off: %+v", td.Stats().Buckets)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	status, body := td.do(t, "GET", "/readyz", "")
+	if status != http.StatusServiceUnavailable {
+		t.Errorf("GET /readyz: status %d, want 503 (body %s)", status, body)
+	}
+	if !strings.Contains(body, "py@3.12/1cpu/256MiB") {
+		t.Errorf("GET /readyz body %s does not name the stack that never got warm", body)
+	}
 }
