@@ -12,7 +12,8 @@ import (
 )
 
 // SnapshotFile is the file in a sim snapshot directory that records the
-// stack the snapshot was made for, as written by `warmpool template`.
+// stack the snapshot was made for. The warmpool CLI writes it when it
+// creates a sim snapshot directory.
 const SnapshotFile = "sim-snapshot.json"
 
 // snapshotScheme marks a snapshot path that names a purely simulated
