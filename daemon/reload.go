@@ -86,13 +86,14 @@ func restartOnlyChanges(cur, next *Config) []string {
 	return changed
 }
 
-// Reload reads the config file again and applies its stacks: added stacks
-// are registered, removed ones unregistered (their warm VMs destroyed), and
-// changed ones unregistered and registered again. A config that fails to
+// Reload reads the config file again and makes the pool's buckets match its
+// stacks: stacks missing from the pool are registered, stacks removed from
+// the file unregistered (their warm VMs destroyed), and stacks whose
+// snapshot or depth differ unregistered and registered again. A config that fails to
 // load, or names a snapshot that can never be restored, is rejected and the
 // running one stays. Changes to sections that
 // need a restart are logged and ignored. Stacks registered through the API
-// are left alone unless the file names the same key.
+// are left alone unless the file names the same key, and then the file wins.
 func (d *Daemon) Reload(ctx context.Context) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -118,9 +119,12 @@ func (d *Daemon) Reload(ctx context.Context) error {
 		next.Pool.MaxVMsPerStack = reloadable.MaxVMsPerStack
 	}
 
+	// The diff starts from the pool's buckets, not from the running config,
+	// so a file stack that was unregistered or replaced through the API
+	// is registered again as the file says.
 	kind := d.provider.Name()
-	curSpecs, nextSpecs := stackSpecs(cur, kind), stackSpecs(next, kind)
-	diff := diffStacks(curSpecs, nextSpecs)
+	nextSpecs := stackSpecs(next, kind)
+	diff := diffStacks(d.registeredSpecs(stackSpecs(cur, kind), nextSpecs), nextSpecs)
 	var errs []error
 	for _, key := range diff.removed {
 		errs = append(errs, d.unregister(ctx, key))
@@ -133,7 +137,7 @@ func (d *Daemon) Reload(ctx context.Context) error {
 		errs = append(errs, d.register(key, nextSpecs[key]))
 	}
 	for _, key := range diff.added {
-		errs = append(errs, d.registerOrReplace(ctx, key, nextSpecs[key]))
+		errs = append(errs, d.register(key, nextSpecs[key]))
 	}
 
 	d.mu.Lock()
@@ -170,19 +174,17 @@ func (d *Daemon) unregister(ctx context.Context, key vm.StackKey) error {
 	return nil
 }
 
-// registerOrReplace registers a stack new to the file. If the API already
-// registered the same key with another snapshot or depth, the file wins.
-func (d *Daemon) registerOrReplace(ctx context.Context, key vm.StackKey, spec stackSpec) error {
+// registeredSpecs returns the registration of each bucket in the pool whose
+// key is a stack of cur or next. Stacks that only the API registered are
+// left out, so reload does not touch them.
+func (d *Daemon) registeredSpecs(cur, next map[vm.StackKey]stackSpec) map[vm.StackKey]stackSpec {
+	specs := make(map[vm.StackKey]stackSpec)
 	for _, b := range d.pool.Stats().Buckets {
-		if b.Key != key {
-			continue
-		}
-		if (stackSpec{b.Snapshot, b.MinDepth, b.MaxDepth}) == spec {
-			return nil
-		}
-		if err := d.unregister(ctx, key); err != nil {
-			return err
+		_, inCur := cur[b.Key]
+		_, inNext := next[b.Key]
+		if inCur || inNext {
+			specs[b.Key] = stackSpec{b.Snapshot, b.MinDepth, b.MaxDepth}
 		}
 	}
-	return d.register(key, spec)
+	return specs
 }

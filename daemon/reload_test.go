@@ -118,6 +118,29 @@ func TestReloadRejectsMissingSnapshot(t *testing.T) {
 	}
 }
 
+func TestReloadRestoresStackDeletedOverAPI(t *testing.T) {
+	td := startTestDaemon(t, testConfig(t, t.TempDir()), nil)
+	before := bucketKeys(td)
+
+	if status, body := td.do(t, "DELETE", "/v1/stacks/node/22/2/512", ""); status != 204 {
+		t.Fatalf("DELETE node: status %d, body %s", status, body)
+	}
+	if _, ok := bucketKeys(td)[otherKey]; ok {
+		t.Fatal("node is still registered after DELETE")
+	}
+
+	// The file is unchanged, and reload brings the pool back to it.
+	if err := td.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if after := bucketKeys(td); !maps.Equal(after, before) {
+		t.Errorf("buckets after reload = %v, want %v", after, before)
+	}
+	if !strings.Contains(td.logs.String(), `msg="config reloaded" added=1 removed=0 changed=0`) {
+		t.Errorf("log does not count the stack that reload registered again")
+	}
+}
+
 func TestReloadProviderChangeNeedsRestart(t *testing.T) {
 	text := testConfig(t, t.TempDir())
 	td := startTestDaemon(t, text, nil)
