@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warmpool/warmpool/daemon/observe"
 	"github.com/warmpool/warmpool/daemon/state"
 	"github.com/warmpool/warmpool/pool"
 	"github.com/warmpool/warmpool/vm"
@@ -115,16 +116,57 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/stacks/{name}/{version}/{vcpus}/{memory_mib}", d.handleUnregister)
 	mux.HandleFunc("GET /v1/vms", d.handleListVMs)
 	mux.HandleFunc("DELETE /v1/vms/{id}", d.handleDestroy)
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &apiError{status: http.StatusNotFound, msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
-	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", d.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/", d.recorder.StatusRoutes(d.pool.Stats))
-	return d.recoverPanics(d.guardTCP(mux))
+	mux.Handle("GET /{$}", d.recorder.StatusHandler(d.pool.Stats))
+	mux.Handle("GET /"+observe.StatusJSONPath, d.recorder.StatusJSONHandler(d.pool.Stats))
+	return d.recoverPanics(d.guardTCP(jsonMuxErrors(mux)))
+}
+
+// jsonMuxErrors sends the 404 and 405 responses of mux as JSON errors, like
+// every other error of the API. A 405 keeps the Allow header that mux sets.
+func jsonMuxErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		// No pattern matched, so h is the mux's plain-text error handler.
+		// Run it against a writer that keeps only the status and headers.
+		capture := &statusCapture{header: w.Header()}
+		h.ServeHTTP(capture, r)
+		switch capture.status {
+		case http.StatusMethodNotAllowed:
+			writeError(w, &apiError{status: capture.status, msg: fmt.Sprintf("method %s is not allowed on %s: use %s",
+				r.Method, r.URL.Path, w.Header().Get("Allow"))})
+		case http.StatusNotFound:
+			writeError(w, &apiError{status: capture.status, msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
+		default:
+			writeError(w, &apiError{status: capture.status, msg: http.StatusText(capture.status)})
+		}
+	})
+}
+
+// statusCapture is a ResponseWriter that records the status code and
+// drops the body.
+type statusCapture struct {
+	header http.Header
+	status int
+}
+
+func (c *statusCapture) Header() http.Header { return c.header }
+
+func (c *statusCapture) WriteHeader(status int) { c.status = status }
+
+func (c *statusCapture) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	return len(p), nil
 }
 
 // recoverPanics turns a panic in a handler into a logged 500, so that no

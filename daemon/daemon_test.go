@@ -276,6 +276,10 @@ func TestAPIBadInputs(t *testing.T) {
 		{"register bad depth", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p"},"min_depth":4,"max_depth":2}`, 400, "must be >= min_depth (4)"},
 		{"register other provider", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p","provider":"qemu"}}`, 400, "does not match"},
 		{"unknown API path", "GET", "/v1/nothing", "", 404, "no API endpoint GET /v1/nothing"},
+		{"wrong method on acquire", "GET", "/v1/acquire", "", 405, "method GET is not allowed on /v1/acquire: use POST"},
+		{"wrong method on vms", "PUT", "/v1/vms", "", 405, "method PUT is not allowed on /v1/vms: use GET, HEAD"},
+		{"wrong method on metrics", "POST", "/metrics", "", 405, "method POST is not allowed on /metrics"},
+		{"unknown path", "GET", "/nothing", "", 404, "no API endpoint GET /nothing"},
 		{"register missing snapshot", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"/nonexistent/snap"}}`, 400, "snapshot.path: sim: snapshot: stat /nonexistent/snap"},
 		{"register huge depth", "POST", "/v1/stacks", `{"key":{"name":"ruby","version":"3","vcpus":1,"memory_mib":128},"snapshot":{"path":"p"},"max_depth":1000000}`, 400, "max_depth: must be <= pool.max_vms_per_stack (64), got 1000000"},
 	}
@@ -310,6 +314,28 @@ func TestAPIBadInputs(t *testing.T) {
 	}
 	if len(vms.VMs) != 0 {
 		t.Errorf("bad requests handed out VMs: %+v", vms.VMs)
+	}
+}
+
+func TestWrongMethodSetsAllow(t *testing.T) {
+	td := startTestDaemon(t, testConfig(t, t.TempDir()), nil)
+	req, err := http.NewRequest("GET", "http://warmpool/v1/acquire", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := td.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("status = %d, want 405", resp.StatusCode)
+	}
+	if got := resp.Header.Get("Allow"); got != "POST" {
+		t.Errorf("Allow = %q, want POST", got)
+	}
+	if got := resp.Header.Get("Content-Type"); got != "application/json" {
+		t.Errorf("Content-Type = %q, want application/json", got)
 	}
 }
 
