@@ -115,7 +115,7 @@ const exitWait = time.Second
 
 // failure adds to err, the error of a call to the process, how the
 // process ended when it exits within exitWait, or its output so far. It
-// waits only when the connection broke, not when the process answered or
+// waits only when the connection broke, not when the process responded or
 // the call was canceled or timed out, so that Close and timeouts stay fast.
 func (p *process) failure(err error) error {
 	var transport *api.TransportError
@@ -194,6 +194,9 @@ func (c Config) command(spec spawnSpec) *exec.Cmd {
 		// dies. The shell forks for the jailer because "exit" follows.
 		// Its working directory is the VM directory, so that
 		// ownsProcess recognizes it.
+		// NOTE: this needs /bin/sh on the host. A VMM that still
+		// outlives the program, say after a kernel refused the PID
+		// namespace, is killed by the next New on the same state_dir.
 		shellArgs := append([]string{"-c", `"$@"; exit $?`, "warmpool-init", j.Bin}, args...)
 		cmd := exec.Command(initShell, shellArgs...)
 		cmd.Dir = spec.dir
