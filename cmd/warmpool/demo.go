@@ -99,6 +99,10 @@ func (l *demoLog) hooks() pool.Hooks {
 			l.printfLocked("restored %s for %s in %v", inst.ID, inst.Stack, took.Truncate(time.Millisecond))
 		},
 		RestoreFailed: func(id string, key vm.StackKey, err error, _, retryIn time.Duration) {
+			if errors.Is(err, context.Canceled) {
+				l.printf("restore of %s for %s cancelled by Close", id, key)
+				return
+			}
 			l.printf("restore of %s for %s failed, retry in %v: %v", id, key, retryIn, err)
 		},
 		Evicted: func(inst vm.Instance, reason pool.EvictReason, cause error) {
@@ -174,12 +178,15 @@ func runDemo(ctx context.Context, opts demoOptions, out io.Writer) error {
 		return err
 	}
 
-	fmt.Fprintln(out)
-	fmt.Fprintln(out, "Metrics:")
-	if err := printDemoMetrics(out, p); err != nil {
+	// Hooks keep printing while the refill runs, so the metrics block is
+	// written under the log's lock to keep it whole and race-free.
+	metrics, err := formatDemoMetrics(p)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintln(out)
+	log.mu.Lock()
+	fmt.Fprintf(out, "\nMetrics:\n%s\n", metrics)
+	log.mu.Unlock()
 
 	closed = true
 	if err := p.Close(ctx); err != nil {
@@ -266,16 +273,16 @@ func demoWaitFull(ctx context.Context, p *pool.Pool, timeout time.Duration) erro
 	}
 }
 
-// printDemoMetrics prints the pool's Prometheus metrics, one series a line,
-// leaving out series that are zero.
-func printDemoMetrics(out io.Writer, p *pool.Pool) error {
+// formatDemoMetrics returns the pool's Prometheus metrics, one series a
+// line, leaving out series that are zero.
+func formatDemoMetrics(p *pool.Pool) (string, error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(pool.NewCollector(p)); err != nil {
-		return fmt.Errorf("register pool collector: %w", err)
+		return "", fmt.Errorf("register pool collector: %w", err)
 	}
 	families, err := reg.Gather()
 	if err != nil {
-		return fmt.Errorf("gather metrics: %w", err)
+		return "", fmt.Errorf("gather metrics: %w", err)
 	}
 	var lines []string
 	for _, mf := range families {
@@ -288,10 +295,12 @@ func printDemoMetrics(out io.Writer, p *pool.Pool) error {
 		}
 	}
 	sort.Strings(lines)
+	var b strings.Builder
 	for _, line := range lines {
-		fmt.Fprintln(out, line)
+		b.WriteString(line)
+		b.WriteByte('\n')
 	}
-	return nil
+	return b.String(), nil
 }
 
 func metricValue(m *dto.Metric) float64 {
