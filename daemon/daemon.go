@@ -112,6 +112,8 @@ func Start(ctx context.Context, cfg *Config, opts Options) (_ *Daemon, err error
 		}
 	}()
 
+	d.recorder.SetHandedOutCount(d.countHandedOut)
+
 	if err := d.listen(cfg.Listen); err != nil {
 		return nil, err
 	}
@@ -323,6 +325,17 @@ func (d *Daemon) config() *Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
+}
+
+// countHandedOut returns the number of VMs recorded as handed out, or -1
+// if the record store cannot be read.
+func (d *Daemon) countHandedOut() int {
+	recs, err := d.store.ListState(state.HandedOut)
+	if err != nil {
+		d.log.Error("count handed-out VMs failed", "error", err)
+		return -1
+	}
+	return len(recs)
 }
 
 // Stats returns the pool's statistics.

@@ -518,3 +518,17 @@ func TestServeLoopbackTCP(t *testing.T) {
 		t.Errorf("GET /healthz over TCP: status %d, want 200", resp.StatusCode)
 	}
 }
+
+func TestStatusPageCountsHandedOut(t *testing.T) {
+	td := startTestDaemon(t, testConfig(t, t.TempDir()), nil)
+	if _, err := td.client().Acquire(context.Background(), AcquireRequest{Stack: testKey, WaitMS: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	status, body := td.do(t, "GET", "/status.json", "")
+	if status != http.StatusOK {
+		t.Fatalf("GET /status.json: status %d, body %s", status, body)
+	}
+	if !strings.Contains(body, `"handed_out_vms":1`) {
+		t.Errorf("status JSON does not count 1 handed-out VM: %s", body)
+	}
+}

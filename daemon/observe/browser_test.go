@@ -286,3 +286,48 @@ func bucketStats(t *testing.T, stats pool.Stats, key vm.StackKey) pool.BucketSta
 	t.Fatalf("no bucket %s in stats", key)
 	return pool.BucketStats{}
 }
+
+func TestStatusPageFitsNarrowWindow(t *testing.T) {
+	chromium := findChromium()
+	if chromium == "" {
+		testenv.Skipf(t, "no Chromium binary found (looked for /usr/bin/chromium, chromium, chromium-browser); install Debian's chromium package to run this test")
+	}
+	rec := New(prometheus.NewRegistry(), clockwork.NewRealClock())
+	rec.SetHandedOutCount(func() int { return 12 })
+	stats := func() pool.Stats {
+		s := sampleStats(time.Now())
+		s.Buckets[0].LastError = "restore: snapshot load: open /var/lib/warmpool/templates/node-22-2cpu-512mib/memory: no such file or directory"
+		return s
+	}
+	server := httptest.NewServer(rec.StatusRoutes(stats))
+	t.Cleanup(server.Close)
+	ctx := newBrowser(t, chromium)
+
+	err := chromedp.Do(ctx,
+		chromedp.EmulateViewport(1280, 800),
+		chromedp.Navigate(server.URL+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#buckets tbody tr[data-stack]`)),
+	)
+	if err != nil {
+		t.Fatalf("load status page: %v", err)
+	}
+	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[float64](
+		`document.documentElement.scrollWidth - window.innerWidth`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if overflow > 0 {
+		t.Errorf("page is %vpx wider than a 1280px window", overflow)
+	}
+	lastErrorOverflow, err := chromedp.Run(ctx, chromedp.Evaluate[float64](
+		`document.querySelector("#buckets td.last-error").getBoundingClientRect().right - window.innerWidth`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lastErrorOverflow > 0 {
+		t.Errorf("Last error column ends %vpx past the window's right edge", lastErrorOverflow)
+	}
+	if got := pageText(ctx, t, "#total-handed-out"); got != "12" {
+		t.Errorf("handed-out total = %q, want 12", got)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -73,6 +74,9 @@ type Recorder struct {
 	restoreDuration *prometheus.HistogramVec
 	destroyDuration *prometheus.HistogramVec
 	restoreBackoff  *prometheus.GaugeVec
+
+	// handedOutCount is set by SetHandedOutCount.
+	handedOutCount atomic.Pointer[func() int]
 }
 
 // acquireSeries identifies one child of the acquire histogram.

@@ -142,8 +142,19 @@ func (r *Recorder) StatusRoutes(stats func() pool.Stats) http.Handler {
 	return mux
 }
 
+// SetHandedOutCount makes the status page show the number of handed-out
+// VMs, which count returns. A negative result shows no count. Count is
+// called on every page load and poll, so it must return quickly.
+func (r *Recorder) SetHandedOutCount(count func() int) {
+	r.handedOutCount.Store(&count)
+}
+
 func (r *Recorder) status(stats func() pool.Stats) statusView {
-	return buildStatusView(stats(), r.RecentEvents(), r.clock.Now())
+	handedOut := -1
+	if count := r.handedOutCount.Load(); count != nil {
+		handedOut = (*count)()
+	}
+	return buildStatusView(stats(), r.RecentEvents(), r.clock.Now(), handedOut)
 }
 
 // allowRead rejects any method but GET and HEAD with 405 and reports whether

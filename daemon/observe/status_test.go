@@ -250,3 +250,68 @@ func TestFormatAge(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusTotalsMatchRows(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	stats := sampleStats(now)
+	// Pool-wide counters keep the counts of a stack that was unregistered
+	// and registered again, while its row starts over.
+	stats.Hits += 40
+	stats.Misses += 7
+	stats.AgeEvictions += 5
+	stats.RestoresOK += 30
+	stats.RestoresFailed += 4
+
+	view := buildStatusView(stats, nil, now, -1)
+	var hits, misses, evictions, restoresOK, restoresFailed uint64
+	for _, b := range view.Buckets {
+		hits += b.Hits
+		misses += b.Misses
+		evictions += b.Evictions
+		restoresOK += b.RestoresOK
+		restoresFailed += b.RestoresFailed
+	}
+	if view.Totals.Hits != hits {
+		t.Errorf("total hits = %d, rows add up to %d", view.Totals.Hits, hits)
+	}
+	if view.Totals.Misses != misses {
+		t.Errorf("total misses = %d, rows add up to %d", view.Totals.Misses, misses)
+	}
+	if view.Totals.Evictions != evictions {
+		t.Errorf("total evictions = %d, rows add up to %d", view.Totals.Evictions, evictions)
+	}
+	if view.Totals.RestoresOK != restoresOK {
+		t.Errorf("total restores = %d, rows add up to %d", view.Totals.RestoresOK, restoresOK)
+	}
+	if view.Totals.RestoresFailed != restoresFailed {
+		t.Errorf("total restore failures = %d, rows add up to %d", view.Totals.RestoresFailed, restoresFailed)
+	}
+	if view.Totals.HitRate != formatHitRate(hits, misses) {
+		t.Errorf("total hit rate = %q, want %q", view.Totals.HitRate, formatHitRate(hits, misses))
+	}
+}
+
+func TestStatusShowsHandedOutVMs(t *testing.T) {
+	rec, _, clock := newTestRecorder(t)
+	stats := func() pool.Stats { return sampleStats(clock.Now()) }
+
+	w := serve(t, rec.StatusJSONHandler(stats), http.MethodGet, "/status.json")
+	if strings.Contains(w.Body.String(), `"handed_out_vms"`) {
+		t.Errorf("status JSON has handed_out_vms without a count set: %s", w.Body)
+	}
+
+	rec.SetHandedOutCount(func() int { return 7 })
+	w = serve(t, rec.StatusJSONHandler(stats), http.MethodGet, "/status.json")
+	var got statusView
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatalf("decode %s: %v", w.Body, err)
+	}
+	if got.Totals.HandedOutVMs == nil || *got.Totals.HandedOutVMs != 7 {
+		t.Errorf("handed_out_vms = %v, want 7", got.Totals.HandedOutVMs)
+	}
+
+	page := serve(t, rec.StatusHandler(stats), http.MethodGet, "/").Body.String()
+	if !strings.Contains(page, `id="total-handed-out">7<`) {
+		t.Errorf("status page does not show 7 handed-out VMs")
+	}
+}

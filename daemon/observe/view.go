@@ -17,6 +17,9 @@ type statusView struct {
 	Events      []eventView  `json:"events"`
 }
 
+// totalsView sums the bucket rows, so it always matches them. Only
+// DestroyFailures, which the pool does not count per bucket, is since the
+// pool started.
 type totalsView struct {
 	Hits              uint64 `json:"hits"`
 	Misses            uint64 `json:"misses"`
@@ -28,6 +31,8 @@ type totalsView struct {
 	WarmVMs           int    `json:"warm_vms"`
 	RestoringVMs      int    `json:"restoring_vms"`
 	RegisteredBuckets int    `json:"registered_buckets"`
+	// HandedOutVMs is nil when the page has no source for the count.
+	HandedOutVMs *int `json:"handed_out_vms,omitempty"`
 }
 
 type bucketView struct {
@@ -59,28 +64,37 @@ type eventView struct {
 	Error  string `json:"error"`
 }
 
-// buildStatusView formats stats and events as of now.
-func buildStatusView(stats pool.Stats, events []Event, now time.Time) statusView {
+// buildStatusView formats stats and events as of now. A negative handedOut
+// means the count is unknown.
+func buildStatusView(stats pool.Stats, events []Event, now time.Time, handedOut int) statusView {
 	view := statusView{
 		GeneratedAt: formatClock(now),
 		Totals: totalsView{
-			Hits:              stats.Hits,
-			Misses:            stats.Misses,
-			HitRate:           formatHitRate(stats.Hits, stats.Misses),
-			Evictions:         stats.UnhealthyEvictions + stats.AgeEvictions + stats.ProbeEvictions,
-			RestoresOK:        stats.RestoresOK,
-			RestoresFailed:    stats.RestoresFailed,
 			DestroyFailures:   stats.DestroyFailures,
 			RegisteredBuckets: len(stats.Buckets),
 		},
 		Buckets: make([]bucketView, 0, len(stats.Buckets)),
 		Events:  make([]eventView, 0, len(events)),
 	}
+	if handedOut >= 0 {
+		view.Totals.HandedOutVMs = &handedOut
+	}
+
+	// The pool-wide counters keep the counts of unregistered buckets, so
+	// the totals are summed from the rows the page shows.
+	totals := &view.Totals
 	for _, b := range stats.Buckets {
-		view.Totals.WarmVMs += b.Warm
-		view.Totals.RestoringVMs += b.Restoring
+		totals.WarmVMs += b.Warm
+		totals.RestoringVMs += b.Restoring
+		totals.Hits += b.Hits
+		totals.Misses += b.Misses
+		totals.Evictions += b.Evictions
+		totals.RestoresOK += b.RestoresOK
+		totals.RestoresFailed += b.RestoresFailed
 		view.Buckets = append(view.Buckets, buildBucketView(b, now))
 	}
+	totals.HitRate = formatHitRate(totals.Hits, totals.Misses)
+
 	for _, e := range events {
 		view.Events = append(view.Events, eventView{
 			Time:   formatClock(e.Time),

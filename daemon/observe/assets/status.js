@@ -86,6 +86,10 @@
     setText("total-misses", status.totals.misses);
     setText("total-warm", status.totals.warm_vms);
     setText("total-restoring", status.totals.restoring_vms);
+    const handedOut = document.getElementById("total-handed-out");
+    if (handedOut && status.totals.handed_out_vms != null) {
+      handedOut.textContent = String(status.totals.handed_out_vms);
+    }
     setText("total-evictions", status.totals.evictions);
     setText("total-restores-failed", status.totals.restores_failed);
     setText("total-destroy-failures", status.totals.destroy_failures);
