@@ -256,6 +256,14 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 	d.log.Info("daemon stopping")
 	var errs []error
 
+	// The pool closes while the HTTP server drains, so that no refill
+	// starts after shutdown begins. Requests still in flight that reach
+	// the pool get ErrClosed, which the API reports as the daemon stopping.
+	poolCtx, cancelPool := context.WithTimeout(ctx, d.config().ShutdownTimeout)
+	defer cancelPool()
+	poolClosed := make(chan error, 1)
+	go func() { poolClosed <- d.closePool(poolCtx) }()
+
 	// Shutdown closes the listeners, and closing the unix listener removes
 	// its socket file.
 	httpCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -264,14 +272,12 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 	}
 	cancel()
 
-	poolCtx, cancel := context.WithTimeout(ctx, d.config().ShutdownTimeout)
-	if err := d.closePool(poolCtx); err != nil {
+	if err := <-poolClosed; err != nil {
 		d.log.Warn("pool closed with errors", "error", err)
 	}
 	if err := d.waitPoolRecords(poolCtx); err != nil {
 		errs = append(errs, err)
 	}
-	cancel()
 
 	if err := d.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close record store: %w", err))

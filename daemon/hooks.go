@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -78,6 +79,12 @@ func (d *Daemon) logHooks() pool.Hooks {
 			d.log.Debug("VM restored", "vm_id", inst.ID, "stack", inst.Stack.String(), "took", took)
 		},
 		RestoreFailed: func(id string, key vm.StackKey, err error, took, retryIn time.Duration) {
+			// The pool reports a restore that its Close cancelled with
+			// retryIn 0, and no retry follows it.
+			if retryIn == 0 && errors.Is(err, context.Canceled) {
+				d.log.Info("restore cancelled by shutdown", "vm_id", id, "stack", key.String(), "took", took)
+				return
+			}
 			d.log.Warn("restore failed", "vm_id", id, "stack", key.String(), "error", err,
 				"took", took, "retry_in", retryIn)
 		},
