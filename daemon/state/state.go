@@ -52,10 +52,15 @@ type Store struct {
 }
 
 // Open opens or creates the store file state.db in dir, creating dir with
-// mode 0700 if needed. It fails after timeout if another process holds the
-// file lock, which means another daemon uses the same state directory.
+// mode 0700 and its missing parents with mode 0755 (both less the umask).
+// The parents stay searchable because the API socket may sit in one of
+// them. Open fails after timeout if another process holds the file lock,
+// which means another daemon uses the same state directory.
 func Open(dir string, timeout time.Duration) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("state: create parent of %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("state: create directory: %w", err)
 	}
 	path := filepath.Join(dir, "state.db")

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -197,5 +198,35 @@ func TestStorePutIfChecksState(t *testing.T) {
 	}
 	if !wrote {
 		t.Error("PutIf did not write over a restoring record")
+	}
+}
+
+func TestOpenKeepsParentsReachable(t *testing.T) {
+	// The group and others need search permission on the parents, because
+	// the daemon's socket may sit next to the state directory.
+	umask := syscall.Umask(0o022)
+	defer syscall.Umask(umask)
+
+	parent := filepath.Join(t.TempDir(), "warmpool")
+	dir := filepath.Join(parent, "state")
+	s, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	info, err := os.Stat(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Mode().Perm(); got != 0o755 {
+		t.Errorf("parent mode = %v, want 0755", got)
+	}
+	info, err = os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Mode().Perm(); got != 0o700 {
+		t.Errorf("state directory mode = %v, want 0700", got)
 	}
 }
