@@ -494,7 +494,7 @@ func decodeAcquireRequest(body []byte, readErr error) (AcquireRequest, error) {
 		return req, err
 	}
 	if err := req.Stack.Validate(); err != nil {
-		return req, badRequest("stack: %v", err)
+		return req, badRequest("%v", err)
 	}
 	if req.WaitMS < 0 || req.WaitMS > maxWaitMS {
 		return req, badRequest("invalid wait_ms %d: must be 0 to %d", req.WaitMS, maxWaitMS)

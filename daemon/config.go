@@ -211,8 +211,13 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	if err := cfg.expandHome(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if err := cfg.resolveRelative(filepath.Dir(name)); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	cfg.Provider.setDefaults(cfg.StateDir)
-	if errs := cfg.validate(); len(errs) > 0 {
+	errs := cfg.validate()
+	errs = append(errs, cfg.Provider.checkDetached(checker.positions)...)
+	if len(errs) > 0 {
 		return nil, formatFieldErrors(name, errs, checker.positions)
 	}
 	return &cfg, nil
@@ -234,6 +239,29 @@ func (c *Config) expandHome() error {
 			return fmt.Errorf("expand %q: %w", *p, err)
 		}
 		*p = filepath.Join(home, (*p)[2:])
+	}
+	return nil
+}
+
+// resolveRelative makes a relative state_dir, listen.socket or snapshot
+// path relative to baseDir, the config file's directory, so the daemon does
+// not depend on the directory it was started from. Snapshot paths with a
+// scheme such as sim:// are left as they are.
+func (c *Config) resolveRelative(baseDir string) error {
+	base, err := filepath.Abs(baseDir)
+	if err != nil {
+		return fmt.Errorf("resolve relative paths: %w", err)
+	}
+	paths := []*string{&c.StateDir, &c.Listen.Socket}
+	for i := range c.Stacks {
+		if !strings.Contains(c.Stacks[i].Snapshot.Path, "://") {
+			paths = append(paths, &c.Stacks[i].Snapshot.Path)
+		}
+	}
+	for _, p := range paths {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
 	}
 	return nil
 }
@@ -362,7 +390,8 @@ func (s StackConfig) validate(path string, defaults PoolConfig, providerKind str
 		errs = append(errs, fieldError{path: joinPath(path, field), msg: fmt.Sprintf(format, args...)})
 	}
 	if err := s.Key.Validate(); err != nil {
-		add("key", "%v", err)
+		// The field path already names the key.
+		add("key", "%s", strings.TrimPrefix(err.Error(), "stack key: "))
 	}
 	if s.Snapshot.Path == "" {
 		add("snapshot.path", "missing: set the snapshot's location")

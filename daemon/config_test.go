@@ -126,6 +126,21 @@ func TestParseConfigErrors(t *testing.T) {
 			want: `stacks[0].key.memory_mib: invalid value "256.5": expected an integer`,
 		},
 		{
+			name: "qemu detached off",
+			yaml: "provider:\n  kind: qemu\n  qemu:\n    detached: false\n",
+			want: "bad.yaml:4:15: provider.qemu.detached: false is not supported: the daemon always runs VMs detached so they survive a restart; remove the field",
+		},
+		{
+			name: "firecracker detached off",
+			yaml: "provider:\n  kind: firecracker\n  firecracker:\n    detached: false\n",
+			want: "bad.yaml:4:15: provider.firecracker.detached: false is not supported",
+		},
+		{
+			name: "invalid key has no repeated prefix",
+			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: \"../x\", version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n",
+			want: `stacks[0].key: invalid name "../x"`,
+		},
+		{
 			name: "stack depth above the cap",
 			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n    max_depth: 1000000\n",
 			want: "bad.yaml:5:16: stacks[0].max_depth: must be <= pool.max_vms_per_stack (64), got 1000000",
@@ -149,7 +164,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{
 			name: "invalid stack key",
 			yaml: "provider: {kind: sim}\nstacks:\n  - key: {name: \"a b\", version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: p}\n",
-			want: `bad.yaml:3:10: stacks[0].key: stack key: invalid name "a b"`,
+			want: `bad.yaml:3:10: stacks[0].key: invalid name "a b"`,
 		},
 		{
 			name: "missing snapshot path points at the stack",
@@ -321,5 +336,28 @@ func TestExampleConfigsParse(t *testing.T) {
 		if _, err := LoadConfig(path); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+func TestParseConfigResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	text := "provider: {kind: sim}\nlisten: {socket: run/wp.sock}\nstate_dir: state\n" +
+		"stacks:\n  - key: {name: a, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: snaps/a}\n" +
+		"  - key: {name: b, version: \"1\", vcpus: 1, memory_mib: 64}\n    snapshot: {path: sim://b}\n"
+	cfg, err := ParseConfig(filepath.Join(dir, "warmpool.yaml"), []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "run/wp.sock"); cfg.Listen.Socket != want {
+		t.Errorf("listen.socket = %q, want %q", cfg.Listen.Socket, want)
+	}
+	if want := filepath.Join(dir, "state"); cfg.StateDir != want {
+		t.Errorf("state_dir = %q, want %q", cfg.StateDir, want)
+	}
+	if want := filepath.Join(dir, "snaps/a"); cfg.Stacks[0].Snapshot.Path != want {
+		t.Errorf("stacks[0].snapshot.path = %q, want %q", cfg.Stacks[0].Snapshot.Path, want)
+	}
+	if got := cfg.Stacks[1].Snapshot.Path; got != "sim://b" {
+		t.Errorf("stacks[1].snapshot.path = %q, want sim://b unchanged", got)
 	}
 }

@@ -114,3 +114,11 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeAcquireInvalidKeyMessage(t *testing.T) {
+	_, err := decodeAcquireRequest([]byte(`{"stack":{"name":"../x","version":"1","vcpus":1,"memory_mib":64}}`), nil)
+	want := `stack key: invalid name "../x": use 1-64 letters, digits, '.', '_' or '-'`
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %q", err, want)
+	}
+}

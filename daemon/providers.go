@@ -95,6 +95,29 @@ func (p ProviderConfig) validate() []fieldError {
 	return errs
 }
 
+// checkDetached rejects detached: false in the qemu or firecracker section.
+// The daemon always runs VMs detached, so that they survive a daemon crash
+// and the next start can adopt them, and would otherwise ignore the field
+// without a word. Positions are the field positions the YAML checker
+// recorded, which show whether the field was written at all.
+func (p ProviderConfig) checkDetached(positions map[string]position) []fieldError {
+	sections := []struct {
+		path     string
+		detached bool
+	}{
+		{"provider.qemu.detached", p.QEMU != nil && p.QEMU.Detached},
+		{"provider.firecracker.detached", p.Firecracker != nil && p.Firecracker.Detached},
+	}
+	var errs []fieldError
+	for _, s := range sections {
+		if _, set := positions[s.path]; set && !s.detached {
+			errs = append(errs, fieldError{path: s.path,
+				msg: "false is not supported: the daemon always runs VMs detached so they survive a restart; remove the field"})
+		}
+	}
+	return errs
+}
+
 var wordPattern = regexp.MustCompile(`[a-z][a-z0-9_]*`)
 
 // sectionFieldPath returns the path of the field a provider's validation
