@@ -38,6 +38,9 @@ func newAcquireCmd() *cobra.Command {
 		Short: "Take a warm VM from the daemon's pool and print it as JSON",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if wait < 0 {
+				return fmt.Errorf("invalid --wait %v: must be 0 or more, such as 2s", wait)
+			}
 			name, version, ok := strings.Cut(stack, "@")
 			if !ok {
 				return fmt.Errorf("invalid --stack %q: use NAME@VERSION", stack)
