@@ -121,7 +121,7 @@ func (d *Daemon) Reload(ctx context.Context) error {
 
 	// The diff starts from the pool's buckets, not from the running config,
 	// so a file stack that was unregistered or replaced through the API
-	// is registered again as the file says.
+	// is registered again as the file specifies.
 	kind := d.provider.Name()
 	nextSpecs := stackSpecs(next, kind)
 	diff := diffStacks(d.registeredSpecs(stackSpecs(cur, kind), nextSpecs), nextSpecs)
@@ -129,6 +129,9 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	for _, key := range diff.removed {
 		errs = append(errs, d.unregister(ctx, key))
 	}
+	// NOTE: a change of depth alone also unregisters the stack, which
+	// destroys its warm VMs, because the pool cannot change a bucket's
+	// depth in place.
 	for _, key := range diff.changed {
 		if err := d.unregister(ctx, key); err != nil {
 			errs = append(errs, err)
