@@ -148,7 +148,11 @@ func (p ProviderConfig) build(log *slog.Logger, clock clockwork.Clock) (vm.Provi
 		return provider, nil
 	case "qemu":
 		cfg := *p.QEMU
-		if err := checkBinary("provider.qemu.binary", cfg.Binary); err != nil {
+		binary := cfg.Binary
+		if binary == "" {
+			binary = qemu.DefaultConfig("").Binary
+		}
+		if err := checkBinary("provider.qemu.binary", binary); err != nil {
 			return nil, err
 		}
 		cfg.Detached = true

@@ -138,3 +138,24 @@ func TestReadyzWhileStackNeverWarm(t *testing.T) {
 		t.Errorf("GET /readyz body %s does not name the stack that never got warm", body)
 	}
 }
+
+func TestStartQEMUDefaultBinaryChecked(t *testing.T) {
+	snapDir := t.TempDir()
+	text := testConfig(t, t.TempDir())
+	text = strings.Replace(text, "provider: {kind: sim}", "provider:\n  kind: qemu\n  qemu: {accel: tcg}", 1)
+	text = strings.ReplaceAll(text, "sim://py", snapDir)
+	text = strings.ReplaceAll(text, "sim://node", snapDir)
+	cfg := startConfig(t, text)
+	// An empty PATH hides the default binary, which must be looked up by
+	// its default name and not as an empty string.
+	t.Setenv("PATH", "")
+
+	d, err := Start(context.Background(), cfg, Options{})
+	if err == nil {
+		d.Shutdown(context.Background())
+		t.Fatal("Start succeeded without a QEMU binary on PATH")
+	}
+	if !strings.Contains(err.Error(), `provider.qemu.binary "qemu-system-x86_64"`) {
+		t.Errorf("error = %v, want it to name the default binary", err)
+	}
+}
