@@ -6,6 +6,7 @@ package fcemu
 
 import (
 	"bytes"
+	crand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,14 +37,24 @@ type Options struct {
 	FaultProbability float64
 
 	// AgentPort is the guest vsock port on which the emulated guest agent
-	// replies to "PING <token>" with "PONG <token>". HeartbeatPort is the port
-	// the guest connects to on the host (uds_path + "_<port>") to send a
-	// "HEARTBEAT" line every HeartbeatInterval.
+	// serves the requests of package vsockproto (PING, SEED, RAND).
+	// HeartbeatPort is the port the guest connects to on the host
+	// (uds_path + "_<port>") to send a "HEARTBEAT <seq>" line every
+	// HeartbeatInterval.
 	AgentPort         uint32
 	HeartbeatPort     uint32
 	HeartbeatInterval time.Duration
 	BootDelay         time.Duration // from InstanceStart until the agent replies to pings
 	GuestHang         bool          // the agent accepts connections but never replies
+
+	// ReseedError, when not empty, makes the agent reply "ERROR
+	// <ReseedError>" to every SEED and leave its RNG state unchanged.
+	ReseedError string
+	// SeedFile, when not empty, is the file to which the agent writes
+	// each seed it accepts, hex-encoded, replacing the previous one. A
+	// relative path resolves in the emulator's working directory, which
+	// the provider sets to the VM directory.
+	SeedFile string
 
 	Log *log.Logger
 }
@@ -65,6 +76,9 @@ type snapshotState struct {
 	Drives  []api.Drive            `json:"drives"`
 	Nets    []api.NetworkInterface `json:"nets"`
 	Vsock   *api.Vsock             `json:"vsock,omitempty"`
+	// RNG is the emulated guest kernel RNG state. Every clone restored
+	// from the file starts with it. Snapshots without a guest have none.
+	RNG []byte `json:"rng,omitempty"`
 }
 
 const snapshotFormat = "fcemu-1"
@@ -116,6 +130,18 @@ func (e *Emulator) Close() {
 	if g != nil {
 		g.stop()
 	}
+}
+
+// LastSeed returns the last seed that the emulated guest agent accepted
+// with SEED, or nil when it accepted none or the VM has no vsock device.
+func (e *Emulator) LastSeed() []byte {
+	e.mu.Lock()
+	g := e.guest
+	e.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	return g.seed()
 }
 
 // badRequest is a request rejected with status 400 and fault_message.
@@ -311,7 +337,9 @@ func (e *Emulator) action(body []byte) error {
 		if e.boot == nil {
 			return reject("InstanceStart: missing boot source: PUT /boot-source first")
 		}
-		if err := e.startGuestLocked(e.opts.BootDelay); err != nil {
+		var rng [rngKeySize]byte
+		crand.Read(rng[:])
+		if err := e.startGuestLocked(e.opts.BootDelay, rng); err != nil {
 			return reject("InstanceStart: %v", err)
 		}
 		e.state = stateRunning
@@ -363,6 +391,10 @@ func (e *Emulator) createSnapshot(body []byte) error {
 	}
 
 	state := snapshotState{Format: snapshotFormat, Version: e.opts.Version, Machine: *e.machine, Vsock: e.vsock}
+	if e.guest != nil {
+		rng := e.guest.rngState()
+		state.RNG = rng[:]
+	}
 	for _, d := range e.drives {
 		state.Drives = append(state.Drives, d)
 	}
@@ -428,7 +460,9 @@ func (e *Emulator) loadSnapshot(body []byte) error {
 		v.UDSPath = sl.VsockOverride.UDSPath
 		e.vsock = &v
 	}
-	if err := e.startGuestLocked(0); err != nil {
+	var rng [rngKeySize]byte
+	copy(rng[:], state.RNG)
+	if err := e.startGuestLocked(0, rng); err != nil {
 		e.closeTAPsLocked()
 		return reject("snapshot load: %v", err)
 	}
@@ -513,11 +547,11 @@ func (e *Emulator) openTAPLocked(ifaceID, name string) error {
 	return nil
 }
 
-func (e *Emulator) startGuestLocked(bootDelay time.Duration) error {
+func (e *Emulator) startGuestLocked(bootDelay time.Duration, rng [rngKeySize]byte) error {
 	if e.vsock == nil || e.guest != nil {
 		return nil
 	}
-	g, err := startGuest(e.vsock.UDSPath, bootDelay, e.opts)
+	g, err := startGuest(e.vsock.UDSPath, bootDelay, rng, e.opts)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,13 @@ var specPath = func() string {
 
 func newTestEmulator(t *testing.T, version string) *Emulator {
 	t.Helper()
+	return newTestEmulatorWith(t, version, func(*Options) {})
+}
+
+// newTestEmulatorWith returns an emulator of version whose options set
+// changes first.
+func newTestEmulatorWith(t *testing.T, version string, set func(*Options)) *Emulator {
+	t.Helper()
 	path := specPath
 	if path == "" {
 		testenv.Skipf(t, "Firecracker API description not found: set %s to the path of firecracker-api.yaml", fcspec.EnvVar)
@@ -33,7 +40,9 @@ func newTestEmulator(t *testing.T, version string) *Emulator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	emu, err := New(Options{Spec: spec, Version: version, AgentPort: 1, HeartbeatPort: 2}, func(int) {})
+	opts := Options{Spec: spec, Version: version, AgentPort: 1, HeartbeatPort: 2}
+	set(&opts)
+	emu, err := New(opts, func(int) {})
 	if err != nil {
 		t.Fatal(err)
 	}

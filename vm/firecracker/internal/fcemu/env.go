@@ -26,6 +26,8 @@ const (
 	EnvHeartbeatInterval = "FCEMU_HEARTBEAT_INTERVAL"
 	EnvBootDelay         = "FCEMU_BOOT_DELAY"
 	EnvGuestHang         = "FCEMU_GUEST_HANG"
+	EnvReseedError       = "FCEMU_RESEED_ERROR" // message of the ERROR reply to every SEED
+	EnvSeedFile          = "FCEMU_SEED_FILE"    // file that records the last accepted seed
 )
 
 // Defaults of the emulated guest agent. They equal the provider's defaults.
@@ -45,6 +47,8 @@ func OptionsFromEnv() (Options, error) {
 		AgentPort:     DefaultAgentPort,
 		HeartbeatPort: DefaultHeartbeatPort,
 		GuestHang:     os.Getenv(EnvGuestHang) == "1",
+		ReseedError:   os.Getenv(EnvReseedError),
+		SeedFile:      os.Getenv(EnvSeedFile),
 		// Faults happen on every matching request unless a probability
 		// is set.
 		FaultProbability: 1,
