@@ -47,8 +47,8 @@ type Config struct {
 	// HeartbeatTimeout is the maximum age of the last heartbeat before
 	// Check reports the VM unusable.
 	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout"`
-	// HealthTimeout bounds the guest health check that ends a restore and
-	// the readiness wait of a template boot.
+	// HealthTimeout bounds the guest health check and RNG reseed that end
+	// a restore, and the readiness wait of a template boot.
 	HealthTimeout time.Duration `yaml:"health_timeout"`
 
 	// SocketTimeout bounds the wait for the API socket after spawning.

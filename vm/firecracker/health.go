@@ -3,6 +3,7 @@ package firecracker
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -19,7 +20,8 @@ import (
 // in guest/agent shares. The host pings the agent through Firecracker's
 // vsock socket. The agent connects to the host on the heartbeat port
 // (Firecracker forwards it to "<vsock socket>_<port>") and writes a line at
-// least once per heartbeat timeout.
+// least once per heartbeat timeout. After each restore the host sends the
+// agent a SEED and waits for SEEDED (see reseed).
 
 // heartbeatListener accepts the guest's heartbeat connections and records
 // the time of the last line received.
@@ -102,26 +104,58 @@ func (h *heartbeatListener) closeNow() { h.ln.Close() }
 
 var pingCounter atomic.Uint64
 
-// ping performs one agent round trip through the vsock socket at udsPath,
-// bounded by ctx.
-func ping(ctx context.Context, udsPath string, port uint32) error {
+// dialAgent connects to the guest agent on port through the vsock socket
+// at udsPath. The connection's deadline follows ctx, and closeConn ends it.
+func dialAgent(ctx context.Context, udsPath string, port uint32) (agent *vsockproto.HostConn, closeConn func(), err error) {
 	conn, err := api.DialUnix(ctx, udsPath)
 	if err != nil {
-		return fmt.Errorf("guest ping: %w", err)
+		return nil, nil, err
 	}
-	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	defer stop()
+	closeConn = func() {
+		stop()
+		conn.Close()
+	}
+	agent, err = vsockproto.Connect(conn, port)
+	if err != nil {
+		closeConn()
+		return nil, nil, err
+	}
+	return agent, closeConn, nil
+}
 
-	agent, err := vsockproto.Connect(conn, port)
+// ping performs one agent round trip through the vsock socket at udsPath,
+// bounded by ctx.
+func ping(ctx context.Context, udsPath string, port uint32) error {
+	agent, closeConn, err := dialAgent(ctx, udsPath, port)
 	if err != nil {
 		return fmt.Errorf("guest ping: %w", err)
 	}
+	defer closeConn()
 	if err := agent.Ping(strconv.FormatUint(pingCounter.Add(1), 10)); err != nil {
 		return fmt.Errorf("guest ping: %w", err)
+	}
+	return nil
+}
+
+// reseed sends the guest agent vsockproto.MinSeedSize fresh bytes from
+// crypto/rand and waits for its SEEDED reply, bounded by ctx. Clones of
+// one snapshot start with the same kernel RNG state, and this gives each
+// its own. An ERROR reply, which the agent sends when the reseed failed,
+// is returned as an error.
+func reseed(ctx context.Context, udsPath string, port uint32) error {
+	seed := make([]byte, vsockproto.MinSeedSize)
+	rand.Read(seed) // Since Go 1.24 it never returns an error: it crashes the program instead.
+	agent, closeConn, err := dialAgent(ctx, udsPath, port)
+	if err != nil {
+		return fmt.Errorf("reseed guest RNG: %w", err)
+	}
+	defer closeConn()
+	if err := agent.Seed(seed); err != nil {
+		return fmt.Errorf("reseed guest RNG: %w", err)
 	}
 	return nil
 }

@@ -3,7 +3,7 @@
 //
 // A restore spawns firecracker (or the jailer in front of it), loads the
 // snapshot as the first configuring call, resumes the VM and then checks
-// the guest agent over vsock. Clones of one snapshot get their own TAP
+// the guest agent over vsock and reseeds the guest's kernel RNG. Clones of one snapshot get their own TAP
 // devices (renamed with network_overrides, or the same names in their own
 // network namespace), their own vsock socket and their own copy of each
 // writable drive.
@@ -143,8 +143,10 @@ func (p *Provider) lookup(id string) *machine {
 }
 
 // Restore starts VM id from snap: it spawns a fresh VMM, loads the snapshot
-// and resumes it, then waits for the guest agent to reply to a ping. On any
-// failure, including ctx ending, it removes everything it created.
+// and resumes it, and waits for the guest agent to reply to a ping. It then
+// reseeds the guest's kernel RNG, because clones of one snapshot start
+// with the same RNG state. On any failure, including ctx ending or the
+// agent rejecting the seed, it removes everything it created.
 func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap vm.Snapshot) (vm.Instance, error) {
 	inst, err := p.restore(ctx, id, key, snap)
 	if err != nil {
@@ -197,6 +199,12 @@ func (p *Provider) restore(ctx context.Context, id string, key vm.StackKey, snap
 	defer cancel()
 	if err := waitHealthy(healthCtx, m.proc, m.vsockPath, p.cfg.AgentPort); err != nil {
 		return inst, err
+	}
+	if err := reseed(healthCtx, m.vsockPath, p.cfg.AgentPort); err != nil {
+		if !m.proc.alive() {
+			return inst, fmt.Errorf("%w: %w", err, m.proc.exitError())
+		}
+		return inst, m.proc.withOutput(err)
 	}
 
 	m.restoredAt = time.Now()
