@@ -117,6 +117,15 @@ type Reattacher interface {
 	Reattach(ctx context.Context, inst Instance) error
 }
 
+// SnapshotChecker is implemented by providers that can tell, without a
+// restore, whether a snapshot can ever give a VM for a stack: that it was
+// made by this provider, its files are intact, and its machine shape
+// matches the key. Callers use it to reject a bad stack when it is
+// registered instead of retrying its restores forever.
+type SnapshotChecker interface {
+	CheckSnapshot(key StackKey, snap Snapshot) error
+}
+
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
 // ErrInvalidID is returned by ValidateID.

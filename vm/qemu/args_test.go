@@ -384,3 +384,40 @@ func TestShellQuote(t *testing.T) {
 		t.Errorf("shellQuote = %s, want %s", got, want)
 	}
 }
+
+func TestCheckSnapshotRejectsUnusable(t *testing.T) {
+	dir := t.TempDir()
+	m := validMetadata()
+	writeSnapshotFiles(t, dir, m)
+	if err := writeMetadata(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	p := &Provider{}
+	good := vm.Snapshot{ID: "s", Provider: ProviderName, Path: dir}
+	if err := p.CheckSnapshot(m.Key, good); err != nil {
+		t.Fatalf("CheckSnapshot of a good snapshot: %v", err)
+	}
+
+	wrongShape := m.Key
+	wrongShape.MemoryMiB *= 2
+	cases := []struct {
+		name string
+		key  vm.StackKey
+		snap vm.Snapshot
+		want string
+	}{
+		{"other provider", m.Key, vm.Snapshot{ID: "s", Provider: "firecracker", Path: dir}, `provider "firecracker"`},
+		{"relative path", m.Key, vm.Snapshot{ID: "s", Path: "snap"}, "absolute"},
+		{"missing dir", m.Key, vm.Snapshot{ID: "s", Path: filepath.Join(dir, "none")}, "no such file"},
+		{"shape mismatch", wrongShape, good, "does not match the snapshot"},
+		{"invalid key", vm.StackKey{Name: "../x", Version: "1", VCPUs: 1, MemoryMiB: 128}, good, "invalid name"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := p.CheckSnapshot(tc.key, tc.snap)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("CheckSnapshot = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -99,23 +99,9 @@ func (p *Provider) Restore(ctx context.Context, id string, key vm.StackKey, snap
 	if err := key.Validate(); err != nil {
 		return vm.Instance{}, fmt.Errorf("qemu restore %s: %w", id, err)
 	}
-	if snap.Provider != "" && snap.Provider != ProviderName {
-		return vm.Instance{}, fmt.Errorf("qemu restore %s: snapshot %s was made by provider %q", id, snap.ID, snap.Provider)
-	}
-	if !filepath.IsAbs(snap.Path) {
-		return vm.Instance{}, fmt.Errorf("qemu restore %s: snapshot path %q must be an absolute directory", id, snap.Path)
-	}
-	meta, err := ReadMetadata(snap.Path)
+	meta, err := readSnapshotFor(key, snap)
 	if err != nil {
 		return vm.Instance{}, fmt.Errorf("qemu restore %s: %w", id, err)
-	}
-	if err := meta.CheckKey(key); err != nil {
-		return vm.Instance{}, fmt.Errorf("qemu restore %s: %w", id, err)
-	}
-	if meta.Accel == AccelKVM {
-		if err := checkKVM(); err != nil {
-			return vm.Instance{}, fmt.Errorf("qemu restore %s: snapshot needs KVM: %w", id, err)
-		}
 	}
 
 	if _, ok := ctx.Deadline(); !ok {
