@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,85 +115,134 @@ type bucketCounters struct {
 	unhealthy      atomic.Uint64
 	aged           atomic.Uint64
 	probed         atomic.Uint64
+	depth          atomic.Uint64 // evicted by SetDepth
 	restoresOK     atomic.Uint64
 	restoresFailed atomic.Uint64
-	_              [cacheLine]byte
+	// acquiring counts Acquire calls between popOldest and counting their
+	// result, so that Stats knows when a removed bucket's counters are
+	// final.
+	acquiring atomic.Int64
+	_         [cacheLine]byte
 }
 
 // bucket holds the warm VMs of one stack key.
 type bucket struct {
-	key      vm.StackKey
-	snap     vm.Snapshot
-	minDepth int
-	maxDepth int
+	key  vm.StackKey
+	snap vm.Snapshot
 
 	counters bucketCounters
 
 	// mu guards every field below it. Hold it only to read or change them:
 	// never across a Provider call, a hook, or a channel send that can block.
 	// Methods named ...Locked expect it held.
-	mu        sync.Mutex
-	warm      fifo
-	restoring int  // restores started for this bucket and not yet finished
+	mu       sync.Mutex
+	minDepth int // changed by SetDepth
+	maxDepth int
+	warm     fifo
+	// restoring counts restores started for this bucket and not finished.
+	restoring int
 	filling   bool // refilling towards maxDepth, see planRefill
-	failures  int  // consecutive failed restores
+	failures  int  // consecutive failed rounds of restores, see failRound
+	// failRound goes up with every failure counted in failures and every
+	// success, so that a restore started before the last of those does not
+	// count another backoff step.
+	failRound uint64
 	retryAt   time.Time
 	lastErr   string
 	lastErrAt time.Time
 	// removedBy is empty while the bucket is registered. Unregister or Close
 	// sets it when it drains the bucket, and after that no entry is added.
 	removedBy EvictReason
-	// refilled is closed when a VM turns warm or the bucket is removed. It is
-	// nil while no AcquireWait waits on the bucket.
-	refilled chan struct{}
-	_        [cacheLine]byte
+	// waiters are the AcquireWait calls on the bucket, longest waiting
+	// first. Each channel has a buffer of one. A VM that turns warm sends on
+	// the first and removes it, and removing the bucket closes them all.
+	waiters []chan struct{}
+	_       [cacheLine]byte
 }
 
 // popOldest removes the oldest warm entry. It reports ok false when the
 // bucket is empty, and returns the reason when the bucket has been removed.
-// left is the number of warm and restoring VMs that remain.
-func (b *bucket) popOldest() (e entry, ok bool, left int, removedBy EvictReason) {
+// short reports that warm and restoring VMs are below MinDepth or that the
+// bucket was empty, so the refiller should run. An empty bucket starts
+// filling towards MaxDepth, which is how a bucket with MinDepth 0 fills on
+// demand.
+func (b *bucket) popOldest() (e entry, ok, short bool, removedBy EvictReason) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.removedBy != "" {
-		return entry{}, false, 0, b.removedBy
+		return entry{}, false, false, b.removedBy
 	}
+	b.counters.acquiring.Add(1) // the caller subtracts it after counting
 	e, ok = b.warm.popOldest()
-	return e, ok, b.warm.len() + b.restoring, ""
+	if !ok {
+		b.filling = true
+	}
+	return e, ok, !ok || b.warm.len()+b.restoring < b.minDepth, ""
 }
 
-// addWarmLocked makes e warm and wakes any AcquireWait on the bucket.
+// addWarmLocked makes e warm and wakes the AcquireWait call that has waited
+// longest.
 func (b *bucket) addWarmLocked(e entry) {
 	b.warm.push(e)
-	b.signalLocked()
+	b.wakeWaiterLocked()
 }
 
-func (b *bucket) signalLocked() {
-	if b.refilled != nil {
-		close(b.refilled)
-		b.refilled = nil
+func (b *bucket) wakeWaiterLocked() {
+	if len(b.waiters) == 0 {
+		return
 	}
+	w := b.waiters[0]
+	b.waiters = slices.Delete(b.waiters, 0, 1)
+	w <- struct{}{} // never blocks: w has a buffer of one and gets one send
 }
 
-// removeLocked marks the bucket removed and returns its warm entries.
+// settledLocked reports whether the counters of a removed bucket can no
+// longer change: no restore and no Acquire is still running on it.
+func (b *bucket) settledLocked() bool {
+	return b.removedBy != "" && b.restoring == 0 && b.counters.acquiring.Load() == 0
+}
+
+// removeLocked marks the bucket removed, wakes every waiter and returns the
+// warm entries.
 func (b *bucket) removeLocked(reason EvictReason) []entry {
 	b.removedBy = reason
-	b.signalLocked()
-	return b.warm.drain()
+	for _, w := range b.waiters {
+		close(w)
+	}
+	b.waiters = nil
+	entries := b.warm.drain()
+	b.warm = fifo{} // a removed bucket is kept for Stats, but not its ring
+	return entries
 }
 
-// refillSignal returns a channel that is closed when a VM turns warm in the
-// bucket or the bucket is removed.
-func (b *bucket) refillSignal() <-chan struct{} {
+// addWaiter queues a waiter and returns its channel, which receives when a
+// VM turns warm or is closed when the bucket is removed.
+func (b *bucket) addWaiter() chan struct{} {
+	w := make(chan struct{}, 1)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.removedBy != "" {
-		closed := make(chan struct{})
-		close(closed)
-		return closed
+		close(w)
+		return w
 	}
-	if b.refilled == nil {
-		b.refilled = make(chan struct{})
+	b.waiters = append(b.waiters, w)
+	return w
+}
+
+// cancelWaiter removes w from the queue. If w was already woken for a VM it
+// will not take, the wake-up passes to the next waiter.
+func (b *bucket) cancelWaiter(w chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if i := slices.Index(b.waiters, w); i >= 0 {
+		b.waiters = slices.Delete(b.waiters, i, i+1)
+		return
 	}
-	return b.refilled
+	select {
+	case _, open := <-w:
+		if open && b.warm.len() > 0 {
+			b.wakeWaiterLocked()
+		}
+	default:
+	}
 }

@@ -23,27 +23,36 @@ const maxParallelDestroys = 16
 // JoinBudget for the refiller and its workers to return. It then destroys,
 // in parallel, the warm VMs, the VMs whose restore finished during that
 // wait, and the VMs whose earlier destroy failed. Each destroy runs within
-// DestroyTimeout and ctx. Close finally waits, within ctx, for destroys
-// that evictions started in the background.
+// DestroyTimeout and ctx. Close then waits, within ctx, for destroys that
+// evictions started in the background, and tries again each of those that
+// failed, until none is left.
+//
+// When ctx is done, Close stops waiting and returns an error that wraps
+// ctx's error and names each VM whose destroy had not finished. Those
+// destroys go on in the background, and their results show only in
+// Hooks.Destroyed and Stats.
 //
 // A restore that ignores cancellation can outlive Close. When it returns a
 // VM, the worker destroys that VM at once, and a failure shows only in
 // Hooks.Destroyed and Stats.DestroyFailures. The same holds for a VM that
 // an Acquire running concurrently with Close evicts after Close finished.
 //
-// Close may be called more than once: later calls return the first call's
-// result once it has finished, and nil while it is still running.
+// Close may be called more than once, also concurrently: later calls wait
+// for the first call to finish and return its result, or return ctx's
+// error if their own ctx is done first.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closeStarted {
-		done, err := p.closeDone, p.closeErr
+		done := p.closeDone
 		p.mu.Unlock()
 		select {
 		case <-done:
-			return err
-		default:
-			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("pool: close: another Close call still running: %w", ctx.Err())
 		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.closeErr
 	}
 	p.closeStarted = true
 	p.closed.Store(true)
@@ -53,8 +62,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.cancelLifetime()
 	var errs []error
 	if !p.workers.wait(ctx, p.clock.After(p.cfg.JoinBudget)) {
-		errs = append(errs, fmt.Errorf("pool: close: refiller or restores still running after join budget %v; "+
-			"VMs they restore later are destroyed when their restores return", p.cfg.JoinBudget))
+		errs = append(errs, p.joinError(ctx))
 	}
 
 	var owned []vm.Instance
@@ -76,49 +84,146 @@ func (p *Pool) Close(ctx context.Context) error {
 	if err := p.destroyAll(ctx, retry, "", false); err != nil {
 		errs = append(errs, err)
 	}
-	if !p.background.wait(ctx, nil) {
-		errs = append(errs, fmt.Errorf("pool: close: background destroys still running: %w", ctx.Err()))
-	}
-	// Background destroys that failed before the wait above ended put their
-	// VMs back on the undestroyed list, so try those once more.
-	p.mu.Lock()
-	retry = p.undestroyed
-	p.undestroyed = nil
-	p.mu.Unlock()
-	if err := p.destroyAll(ctx, retry, "", false); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, p.retryBackgroundFailures(ctx)...)
 
 	err := errors.Join(errs...)
 	p.mu.Lock()
 	p.closeErr = err
-	p.closeFinished = true
 	close(p.closeDone)
 	p.mu.Unlock()
 	return err
 }
 
+// joinError describes the refiller or restores that Close's first wait left
+// running.
+func (p *Pool) joinError(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pool: close: refiller or restores still running when ctx ended: %w; "+
+			"VMs they restore later are destroyed when their restores return", err)
+	}
+	return fmt.Errorf("pool: close: refiller or restores still running after join budget %v; "+
+		"VMs they restore later are destroyed when their restores return", p.cfg.JoinBudget)
+}
+
+// retryBackgroundFailures waits for the background destroys and tries
+// again each VM whose destroy failed, until no background destroy runs and
+// none has failed since the last try. It then sets closeFinished, in the
+// same critical section as the last check, so that a destroy failing later
+// knows that Close no longer looks at the undestroyed list.
+func (p *Pool) retryBackgroundFailures(ctx context.Context) []error {
+	var errs []error
+	for {
+		p.background.wait(ctx, nil)
+
+		p.mu.Lock()
+		retry := p.undestroyed
+		p.undestroyed = nil
+		// A background destroy puts a failed VM on the list before it
+		// leaves the tracker, so no goroutine running under p.mu means that
+		// every failure so far is in retry.
+		running := p.background.count()
+		stopped := ctx.Err() != nil
+		p.closeFinished = stopped || (running == 0 && len(retry) == 0)
+		finished := p.closeFinished
+		p.mu.Unlock()
+
+		if stopped {
+			errs = append(errs, notDestroyed(retry, ctx.Err()))
+			if running > 0 {
+				errs = append(errs, fmt.Errorf("pool: close: %d background destroys still running: %w",
+					running, ctx.Err()))
+			}
+			return errs
+		}
+		if err := p.destroyAll(ctx, retry, "", false); err != nil {
+			errs = append(errs, err)
+		}
+		if finished {
+			return errs
+		}
+	}
+}
+
+// notDestroyed returns an error naming each VM of insts as not destroyed
+// because ctx ended with cause, or nil if insts is empty.
+func notDestroyed(insts []vm.Instance, cause error) error {
+	errs := make([]error, len(insts))
+	for i, inst := range insts {
+		errs[i] = fmt.Errorf("pool: destroy VM %s: not finished: %w", inst.ID, cause)
+	}
+	return errors.Join(errs...)
+}
+
 // destroyAll destroys insts in parallel and returns an error naming each VM
 // it failed to destroy. A non-empty reason fires Hooks.Evicted first. With
 // keep set, failed VMs go on the undestroyed list for Close to try again.
+//
+// When ctx is done, destroyAll returns without waiting for the destroys
+// still running, and its error wraps ctx's error and names their VMs and
+// those it had not started. The destroys it left keep running in the
+// background tracker.
 func (p *Pool) destroyAll(ctx context.Context, insts []vm.Instance, reason EvictReason, keep bool) error {
 	if len(insts) == 0 {
 		return nil
 	}
-	errs := make([]error, len(insts))
+	type result struct {
+		i   int
+		err error
+	}
+	// results has room for every destroy, so one that finishes after
+	// destroyAll returned does not block.
+	results := make(chan result, len(insts))
 	slots := make(chan struct{}, maxParallelDestroys)
-	var wg sync.WaitGroup
+	started := 0
 	for i, inst := range insts {
-		slots <- struct{}{}
-		wg.Go(func() {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		started++
+		p.background.add()
+		go func() {
+			defer p.background.done()
 			defer func() { <-slots }()
 			if reason != "" {
 				p.notifyEvicted(inst, reason, nil)
 			}
-			errs[i] = p.destroyVM(ctx, inst, keep)
-		})
+			results <- result{i, p.destroyVM(ctx, inst, keep)}
+		}()
 	}
-	wg.Wait()
+
+	finished := make([]bool, len(insts))
+	var errs []error
+	for n := 0; n < started; n++ {
+		select {
+		case r := <-results:
+			finished[r.i] = true
+			errs = append(errs, r.err)
+		case <-ctx.Done():
+			n = started
+		}
+	}
+	for drained := false; !drained; {
+		select {
+		case r := <-results:
+			if !finished[r.i] {
+				finished[r.i] = true
+				errs = append(errs, r.err)
+			}
+		default:
+			drained = true
+		}
+	}
+	var unfinished []vm.Instance
+	for i, done := range finished {
+		if !done {
+			unfinished = append(unfinished, insts[i])
+		}
+	}
+	errs = append(errs, notDestroyed(unfinished, ctx.Err()))
 	return errors.Join(errs...)
 }
 
@@ -162,7 +267,7 @@ func (p *Pool) notifyEvicted(inst vm.Instance, reason EvictReason, cause error) 
 func (p *Pool) destroyVM(ctx context.Context, inst vm.Instance, keep bool) error {
 	dctx, cancel := clockwork.WithTimeout(ctx, p.clock, p.cfg.DestroyTimeout)
 	start := p.clock.Now()
-	err := p.provider.Destroy(dctx, inst)
+	err := p.callDestroy(dctx, inst)
 	cancel()
 	took := p.clock.Since(start)
 
@@ -185,12 +290,29 @@ func (p *Pool) destroyVM(ctx context.Context, inst vm.Instance, keep bool) error
 	return err
 }
 
+// callDestroy calls Provider.Destroy and turns a panic into an error.
+func (p *Pool) callDestroy(ctx context.Context, inst vm.Instance) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("provider panicked in destroy: %v", r)
+		}
+	}()
+	return p.provider.Destroy(ctx, inst)
+}
+
 // tracker counts running goroutines and lets Close wait for them. Unlike a
 // sync.WaitGroup, goroutines may be added while another goroutine waits.
 type tracker struct {
 	mu      sync.Mutex // guards running and idle; nothing blocks while it is held
 	running int
 	idle    []chan struct{} // closed when running drops to zero
+}
+
+// count returns the number of running goroutines.
+func (t *tracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.running
 }
 
 func (t *tracker) add() {

@@ -30,16 +30,22 @@ var (
 type Config struct {
 	// MinDepth and MaxDepth are the per-bucket defaults that WithDepth
 	// overrides. The refiller starts restores when warm plus restoring VMs
-	// fall below MinDepth and keeps restoring until they reach MaxDepth.
+	// fall below MinDepth, or when an Acquire finds the bucket empty, and
+	// keeps restoring until they reach MaxDepth. MinDepth 0 thus means
+	// that a bucket fills only on demand.
 	MinDepth, MaxDepth int
 	// RefillInterval is the period of the refiller's tick. Acquires and
 	// restore completions also wake it.
 	RefillInterval time.Duration
 	// MaxAge is how long a VM may stay warm. Older VMs are destroyed and
-	// replaced.
+	// replaced. It must be at least RefillInterval. Age is counted from
+	// Instance.RestoredAt, which the pool sets to the time the VM turned
+	// warm when the provider leaves it zero. A bucket therefore restores
+	// at most MaxDepth VMs per MaxAge to replace aged ones.
 	MaxAge time.Duration
 	// RestoreConcurrency is the maximum number of restores in flight
-	// across all buckets.
+	// across all buckets, from 1 to 1024. One bucket may use at most an
+	// equal share of it among the registered buckets, rounded up.
 	RestoreConcurrency int
 	// RestoreTimeout is the deadline of one Provider.Restore call.
 	RestoreTimeout time.Duration
@@ -89,26 +95,32 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate returns an error naming the first invalid field, or nil.
+// maxRestoreConcurrency is the largest RestoreConcurrency that Validate
+// accepts. Each restore in flight is a goroutine and a VMM process.
+const maxRestoreConcurrency = 1024
+
+// Validate returns an error naming the first invalid field, by its Go name,
+// or nil.
 func (c Config) Validate() error {
 	if err := validateDepth(c.MinDepth, c.MaxDepth); err != nil {
 		return fmt.Errorf("pool config: %w", err)
 	}
-	if c.RestoreConcurrency < 1 {
-		return fmt.Errorf("pool config: invalid restore_concurrency %d: must be at least 1", c.RestoreConcurrency)
+	if c.RestoreConcurrency < 1 || c.RestoreConcurrency > maxRestoreConcurrency {
+		return fmt.Errorf("pool config: invalid RestoreConcurrency %d: must be 1-%d",
+			c.RestoreConcurrency, maxRestoreConcurrency)
 	}
 	durations := []struct {
 		name  string
 		value time.Duration
 	}{
-		{"refill_interval", c.RefillInterval},
-		{"max_age", c.MaxAge},
-		{"restore_timeout", c.RestoreTimeout},
-		{"destroy_timeout", c.DestroyTimeout},
-		{"probe_timeout", c.ProbeTimeout},
-		{"join_budget", c.JoinBudget},
-		{"backoff_initial", c.BackoffInitial},
-		{"backoff_max", c.BackoffMax},
+		{"RefillInterval", c.RefillInterval},
+		{"MaxAge", c.MaxAge},
+		{"RestoreTimeout", c.RestoreTimeout},
+		{"DestroyTimeout", c.DestroyTimeout},
+		{"ProbeTimeout", c.ProbeTimeout},
+		{"JoinBudget", c.JoinBudget},
+		{"BackoffInitial", c.BackoffInitial},
+		{"BackoffMax", c.BackoffMax},
 	}
 	for _, d := range durations {
 		if d.value <= 0 {
@@ -116,23 +128,29 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.ProbeInterval < 0 {
-		return fmt.Errorf("pool config: invalid probe_interval %v: must be positive, or 0 to turn probing off", c.ProbeInterval)
+		return fmt.Errorf("pool config: invalid ProbeInterval %v: must be positive, or 0 to turn probing off", c.ProbeInterval)
+	}
+	if c.MaxAge < c.RefillInterval {
+		return fmt.Errorf("pool config: invalid MaxAge %v: must be at least RefillInterval %v, "+
+			"so that a VM stays warm for at least one refill pass", c.MaxAge, c.RefillInterval)
 	}
 	if c.BackoffInitial > c.BackoffMax {
-		return fmt.Errorf("pool config: backoff_initial %v > backoff_max %v", c.BackoffInitial, c.BackoffMax)
+		return fmt.Errorf("pool config: invalid BackoffInitial %v: must not exceed BackoffMax %v; "+
+			"lower BackoffInitial or raise BackoffMax", c.BackoffInitial, c.BackoffMax)
 	}
 	return nil
 }
 
 func validateDepth(minDepth, maxDepth int) error {
 	if minDepth < 0 {
-		return fmt.Errorf("invalid min_depth %d: must be at least 0", minDepth)
+		return fmt.Errorf("invalid MinDepth %d: must be at least 0", minDepth)
 	}
 	if maxDepth < 1 {
-		return fmt.Errorf("invalid max_depth %d: must be at least 1", maxDepth)
+		return fmt.Errorf("invalid MaxDepth %d: must be at least 1", maxDepth)
 	}
 	if minDepth > maxDepth {
-		return fmt.Errorf("min_depth %d > max_depth %d", minDepth, maxDepth)
+		return fmt.Errorf("invalid MinDepth %d: must not exceed MaxDepth %d; "+
+			"lower MinDepth or raise MaxDepth", minDepth, maxDepth)
 	}
 	return nil
 }
@@ -174,13 +192,17 @@ const (
 	EvictUnhealthy  EvictReason = "unhealthy"  // the validator rejected it on acquire
 	EvictAge        EvictReason = "age"        // it was warm for longer than MaxAge
 	EvictProbe      EvictReason = "probe"      // a background probe failed
+	EvictDepth      EvictReason = "depth"      // SetDepth lowered MaxDepth below the warm VMs
 	EvictUnregister EvictReason = "unregister" // its stack was unregistered
 	EvictClose      EvictReason = "close"      // the pool was closed
 )
 
 // Hooks are called from pool goroutines, never with a pool lock held. They
 // must return quickly because restore workers, destroys and Close wait for
-// them. Any of them may be nil.
+// them. Any of them may be nil. The pool does not recover a panic in a hook,
+// so it crashes the program as it would anywhere else. A panic in a
+// Provider method or in the Validator is recovered and counts as that
+// call failing.
 type Hooks struct {
 	// RestoreStarted is called before Provider.Restore.
 	RestoreStarted func(id string, key vm.StackKey, snap vm.Snapshot)

@@ -23,19 +23,21 @@ func TestConfigValidateNamesField(t *testing.T) {
 		change func(*Config)
 		want   string
 	}{
-		{"min above max", func(c *Config) { c.MinDepth, c.MaxDepth = 5, 2 }, "min_depth 5 > max_depth 2"},
-		{"max below one", func(c *Config) { c.MinDepth, c.MaxDepth = 0, 0 }, "max_depth 0"},
-		{"negative min", func(c *Config) { c.MinDepth = -1 }, "min_depth -1"},
-		{"zero concurrency", func(c *Config) { c.RestoreConcurrency = 0 }, "restore_concurrency 0"},
-		{"zero refill interval", func(c *Config) { c.RefillInterval = 0 }, "refill_interval"},
-		{"negative max age", func(c *Config) { c.MaxAge = -time.Second }, "max_age"},
-		{"zero restore timeout", func(c *Config) { c.RestoreTimeout = 0 }, "restore_timeout"},
-		{"zero destroy timeout", func(c *Config) { c.DestroyTimeout = 0 }, "destroy_timeout"},
-		{"zero probe timeout", func(c *Config) { c.ProbeTimeout = 0 }, "probe_timeout"},
-		{"negative probe interval", func(c *Config) { c.ProbeInterval = -1 }, "probe_interval"},
-		{"zero join budget", func(c *Config) { c.JoinBudget = 0 }, "join_budget"},
-		{"zero backoff initial", func(c *Config) { c.BackoffInitial = 0 }, "backoff_initial"},
-		{"backoff initial above max", func(c *Config) { c.BackoffInitial = time.Hour }, "backoff_initial 1h0m0s > backoff_max"},
+		{"min above max", func(c *Config) { c.MinDepth, c.MaxDepth = 5, 2 }, "invalid MinDepth 5: must not exceed MaxDepth 2; lower MinDepth or raise MaxDepth"},
+		{"max below one", func(c *Config) { c.MinDepth, c.MaxDepth = 0, 0 }, "MaxDepth 0"},
+		{"negative min", func(c *Config) { c.MinDepth = -1 }, "MinDepth -1"},
+		{"zero concurrency", func(c *Config) { c.RestoreConcurrency = 0 }, "RestoreConcurrency 0"},
+		{"zero refill interval", func(c *Config) { c.RefillInterval = 0 }, "RefillInterval"},
+		{"negative max age", func(c *Config) { c.MaxAge = -time.Second }, "MaxAge"},
+		{"zero restore timeout", func(c *Config) { c.RestoreTimeout = 0 }, "RestoreTimeout"},
+		{"zero destroy timeout", func(c *Config) { c.DestroyTimeout = 0 }, "DestroyTimeout"},
+		{"zero probe timeout", func(c *Config) { c.ProbeTimeout = 0 }, "ProbeTimeout"},
+		{"negative probe interval", func(c *Config) { c.ProbeInterval = -1 }, "ProbeInterval"},
+		{"zero join budget", func(c *Config) { c.JoinBudget = 0 }, "JoinBudget"},
+		{"zero backoff initial", func(c *Config) { c.BackoffInitial = 0 }, "BackoffInitial"},
+		{"huge concurrency", func(c *Config) { c.RestoreConcurrency = 1 << 40 }, "RestoreConcurrency 1099511627776: must be 1-1024"},
+		{"max age below refill interval", func(c *Config) { c.MaxAge = time.Millisecond }, "MaxAge 1ms: must be at least RefillInterval 1s"},
+		{"backoff initial above max", func(c *Config) { c.BackoffInitial = time.Hour }, "invalid BackoffInitial 1h0m0s: must not exceed BackoffMax 30s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

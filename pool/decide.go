@@ -52,6 +52,19 @@ func shareRestores(needs []int, free, first int) []int {
 	return grants
 }
 
+// restoreShare returns how many restores one bucket may have in flight: an
+// equal share of concurrency among the registered buckets, rounded up, and
+// at least one. With two or more buckets a bucket whose restores hang holds
+// only its share, so the others keep restoring until RestoreTimeout frees
+// the slots. When several buckets hang at once, they can still hold every
+// slot.
+func restoreShare(concurrency, buckets int) int {
+	if buckets <= 1 {
+		return concurrency
+	}
+	return max(1, (concurrency+buckets-1)/buckets)
+}
+
 // backoffDelay returns the wait before the next restore of a bucket after
 // failures consecutive failed restores. The base delay doubles from initial
 // with each failure up to maxDelay, and the result lies in [base/2, base)

@@ -68,6 +68,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.evictions, b.UnhealthyEvictions, with(string(EvictUnhealthy))...)
 		counter(c.evictions, b.AgeEvictions, with(string(EvictAge))...)
 		counter(c.evictions, b.ProbeEvictions, with(string(EvictProbe))...)
+		counter(c.evictions, b.DepthEvictions, with(string(EvictDepth))...)
 		counter(c.restores, b.RestoresOK, with("ok")...)
 		counter(c.restores, b.RestoresFailed, with("failed")...)
 		gauge(c.warm, b.Warm, l...)

@@ -29,6 +29,8 @@ func TestCollectorExportsStats(t *testing.T) {
 		t.Fatal("Acquire of an empty bucket returned nil")
 	}
 	f.pool.background.wait(ctx, nil)
+	// The miss starts filling the bucket up to MaxDepth 2.
+	f.waitWarm(key, 2)
 
 	c := NewCollector(f.pool)
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
@@ -46,11 +48,12 @@ warmpool_acquire_misses_total{` + labels + `} 1
 # HELP warmpool_evictions_total Warm VMs destroyed by the pool, by reason.
 # TYPE warmpool_evictions_total counter
 warmpool_evictions_total{memory_mib="128",reason="age",stack="node",vcpus="1",version="1.0"} 0
+warmpool_evictions_total{memory_mib="128",reason="depth",stack="node",vcpus="1",version="1.0"} 0
 warmpool_evictions_total{memory_mib="128",reason="probe",stack="node",vcpus="1",version="1.0"} 0
 warmpool_evictions_total{memory_mib="128",reason="unhealthy",stack="node",vcpus="1",version="1.0"} 1
 # HELP warmpool_warm_vms VMs warm and ready to hand out.
 # TYPE warmpool_warm_vms gauge
-warmpool_warm_vms{` + labels + `} 0
+warmpool_warm_vms{` + labels + `} 2
 # HELP warmpool_destroys_total Destroys of pool-owned VMs, by result.
 # TYPE warmpool_destroys_total counter
 warmpool_destroys_total{result="failed"} 0

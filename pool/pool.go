@@ -69,8 +69,12 @@ type Pool struct {
 
 	// mu guards the fields below and serializes changes to reg. Never hold
 	// it across a Provider call, a hook, or a channel send that can block.
-	mu            sync.Mutex
-	retired       Stats // counters of unregistered buckets
+	mu sync.Mutex
+	// retired are unregistered buckets whose counters may still change,
+	// because an Acquire or restore on them has not finished. Stats and
+	// Unregister fold each settled one into retiredTotals.
+	retired       []*bucket
+	retiredTotals Stats
 	undestroyed   []vm.Instance
 	closeStarted  bool
 	collected     bool          // Close has taken the orphans
@@ -119,7 +123,10 @@ func (p *Pool) Register(key vm.StackKey, snap vm.Snapshot, opts ...BucketOption)
 		return fmt.Errorf("pool: register: %w", err)
 	}
 	o := bucketOptions{minDepth: p.cfg.MinDepth, maxDepth: p.cfg.MaxDepth}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return fmt.Errorf("pool: register %s: bucket option %d is nil", key, i)
+		}
 		opt(&o)
 	}
 	if err := validateDepth(o.minDepth, o.maxDepth); err != nil {
@@ -161,9 +168,8 @@ func (p *Pool) Unregister(ctx context.Context, key vm.StackKey) error {
 	b.mu.Lock()
 	entries := b.removeLocked(EvictUnregister)
 	b.mu.Unlock()
-	// NOTE: restores still in flight for b finish after this snapshot of its
-	// counters, so the pool-wide RestoresOK and RestoresFailed miss them.
-	p.retired.addBucket(b.stats())
+	p.retired = append(p.retired, b)
+	p.foldRetiredLocked()
 	p.mu.Unlock()
 
 	return p.destroyAll(ctx, instances(entries), EvictUnregister, true)
@@ -176,9 +182,20 @@ func (p *Pool) Unregister(ctx context.Context, key vm.StackKey) error {
 // VMM.
 //
 // When no warm VM is left, Acquire wakes the refiller and returns an error
-// wrapping ErrEmpty. It returns ErrUnknownStack if key is not registered,
-// ErrClosed after Close, and ctx's error if ctx is already done.
+// wrapping ErrEmpty. The bucket is then refilled up to its MaxDepth, even
+// when its MinDepth is 0. Acquire returns ErrUnknownStack if key is not
+// registered, ErrClosed after Close, and ctx's error if ctx is already done.
+//
+// A validator that panics counts as one that rejected the VM: Acquire
+// recovers, evicts and destroys the VM, and returns an error that carries
+// the panic value instead of trying the next VM.
 func (p *Pool) Acquire(ctx context.Context, key vm.StackKey) (Handle, error) {
+	return p.acquire(ctx, key, true)
+}
+
+// acquire is Acquire. countMiss false keeps an empty bucket out of Misses,
+// for the retries of AcquireWait.
+func (p *Pool) acquire(ctx context.Context, key vm.StackKey, countMiss bool) (Handle, error) {
 	if err := ctx.Err(); err != nil {
 		return Handle{}, err
 	}
@@ -190,47 +207,79 @@ func (p *Pool) Acquire(ctx context.Context, key vm.StackKey) (Handle, error) {
 		return Handle{}, fmt.Errorf("%w: %s", ErrUnknownStack, key)
 	}
 	for {
-		e, ok, left, removedBy := b.popOldest()
+		e, ok, short, removedBy := b.popOldest()
 		if removedBy == EvictClose {
 			return Handle{}, ErrClosed
 		}
 		if removedBy != "" {
 			return Handle{}, fmt.Errorf("%w: %s", ErrUnknownStack, key)
 		}
-		if !ok || left < b.minDepth {
+		if short {
 			p.wakeRefiller()
 		}
 		if !ok {
-			b.counters.misses.Add(1)
+			if countMiss {
+				b.counters.misses.Add(1)
+			}
+			b.counters.acquiring.Add(-1) // taken in popOldest
 			return Handle{}, fmt.Errorf("%w %s", ErrEmpty, key)
 		}
-		if err := p.validator.Validate(e.inst); err != nil {
+		if err := p.validate(e.inst); err != nil {
 			b.counters.unhealthy.Add(1)
+			b.counters.acquiring.Add(-1)
 			p.evictInBackground(e.inst, EvictUnhealthy, err)
+			if errors.Is(err, errValidatorPanic) {
+				return Handle{}, fmt.Errorf("pool: acquire %s: %w", key, err)
+			}
 			continue
 		}
 		b.counters.hits.Add(1)
+		b.counters.acquiring.Add(-1)
 		return Handle{Instance: e.inst, AcquiredAt: p.clock.Now()}, nil
 	}
+}
+
+// errValidatorPanic marks the error that validate makes of a panic.
+var errValidatorPanic = errors.New("validator panicked")
+
+// validate runs the validator on inst and turns a panic into an error
+// wrapping errValidatorPanic, so that the VM that Acquire already took from
+// its bucket is still evicted and destroyed.
+func (p *Pool) validate(inst vm.Instance) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("VM %s: %w: %v", inst.ID, errValidatorPanic, r)
+		}
+	}()
+	return p.validator.Validate(inst)
 }
 
 // AcquireWait is like Acquire, but when the bucket is empty it waits for a
 // VM to turn warm until ctx is done. It then returns an error wrapping both
 // ErrEmpty and ctx's error.
+//
+// One AcquireWait call adds at most one to Misses, when its first attempt
+// finds the bucket empty, and one to Hits when it returns a VM, so a call
+// that waited and succeeded counts both. Each VM that turns warm wakes one
+// waiting call, the one that has waited longest.
 func (p *Pool) AcquireWait(ctx context.Context, key vm.StackKey) (Handle, error) {
-	for {
+	for attempt := 0; ; attempt++ {
 		b := p.reg.Load().byKey[key]
 		if b == nil {
-			return p.Acquire(ctx, key)
+			return p.acquire(ctx, key, attempt == 0)
 		}
-		refilled := b.refillSignal()
-		h, err := p.Acquire(ctx, key)
+		// The waiter is queued before the attempt, so that a VM that turns
+		// warm between the two still wakes it.
+		w := b.addWaiter()
+		h, err := p.acquire(ctx, key, attempt == 0)
 		if !errors.Is(err, ErrEmpty) {
+			b.cancelWaiter(w)
 			return h, err
 		}
 		select {
-		case <-refilled:
+		case <-w:
 		case <-ctx.Done():
+			b.cancelWaiter(w)
 			return Handle{}, fmt.Errorf("%w: %w", err, ctx.Err())
 		}
 	}
@@ -239,7 +288,8 @@ func (p *Pool) AcquireWait(ctx context.Context, key vm.StackKey) (Handle, error)
 // Adopt adds inst, a VM that is already running, to the warm VMs of key.
 // The pool then owns it. Crash recovery uses Adopt to take back VMs that a
 // previous process restored. The bucket may then hold more than MaxDepth
-// VMs until acquires bring it down.
+// VMs until acquires bring it down. A zero inst.RestoredAt is set to now, so
+// that MaxAge counts from the adoption.
 func (p *Pool) Adopt(key vm.StackKey, inst vm.Instance) error {
 	if err := vm.ValidateID(inst.ID); err != nil {
 		return fmt.Errorf("pool: adopt: %w", err)
@@ -268,7 +318,54 @@ func (p *Pool) Adopt(key vm.StackKey, inst vm.Instance) error {
 			return fmt.Errorf("pool: adopt %s: VM is already warm in %s", inst.ID, key)
 		}
 	}
+	if inst.RestoredAt.IsZero() {
+		inst.RestoredAt = p.clock.Now()
+	}
 	b.addWarmLocked(entry{inst: inst})
+	return nil
+}
+
+// SetDepth changes the MinDepth and MaxDepth of the registered bucket of key
+// in place, keeping its warm VMs. If more VMs than the new maxDepth are warm,
+// SetDepth evicts the oldest of them with EvictDepth and destroys them in the
+// background; restores already in flight still finish and turn warm. The
+// refiller then fills the bucket to the new depth. SetDepth returns an
+// error and changes nothing if the depth is invalid, key is not registered
+// or the pool is closed.
+func (p *Pool) SetDepth(key vm.StackKey, minDepth, maxDepth int) error {
+	if err := validateDepth(minDepth, maxDepth); err != nil {
+		return fmt.Errorf("pool: set depth of %s: %w", key, err)
+	}
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	b := p.reg.Load().byKey[key]
+	if b == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownStack, key)
+	}
+
+	b.mu.Lock()
+	if b.removedBy == EvictClose {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	if b.removedBy != "" {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrUnknownStack, key)
+	}
+	b.minDepth, b.maxDepth = minDepth, maxDepth
+	var extra []entry
+	for b.warm.len() > maxDepth {
+		e, _ := b.warm.popOldest()
+		extra = append(extra, e)
+	}
+	b.counters.depth.Add(uint64(len(extra)))
+	b.mu.Unlock()
+
+	for _, e := range extra {
+		p.evictInBackground(e.inst, EvictDepth, nil)
+	}
+	p.wakeRefiller()
 	return nil
 }
 

@@ -28,9 +28,9 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 		is   error
 	}{
 		{"invalid key", vm.StackKey{Name: "bad name", Version: "1", VCPUs: 1, MemoryMiB: 128}, nil, "invalid name", nil},
-		{"min above max", testKey("other"), []BucketOption{WithDepth(3, 1)}, "min_depth 3 > max_depth 1", nil},
-		{"zero max", testKey("other"), []BucketOption{WithDepth(0, 0)}, "max_depth 0", nil},
-		{"negative min", testKey("other"), []BucketOption{WithDepth(-1, 2)}, "min_depth -1", nil},
+		{"min above max", testKey("other"), []BucketOption{WithDepth(3, 1)}, "invalid MinDepth 3: must not exceed MaxDepth 1", nil},
+		{"zero max", testKey("other"), []BucketOption{WithDepth(0, 0)}, "MaxDepth 0", nil},
+		{"negative min", testKey("other"), []BucketOption{WithDepth(-1, 2)}, "MinDepth -1", nil},
 		{"already registered", key, nil, key.String(), ErrAlreadyRegistered},
 	}
 	for _, tt := range tests {
@@ -66,8 +66,8 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.MinDepth, cfg.MaxDepth = 5, 2
-	if _, err := New(sp, cfg); err == nil || !strings.Contains(err.Error(), "min_depth 5 > max_depth 2") {
-		t.Errorf("New = %v, want the min_depth error", err)
+	if _, err := New(sp, cfg); err == nil || !strings.Contains(err.Error(), "MinDepth 5: must not exceed MaxDepth 2") {
+		t.Errorf("New = %v, want the MinDepth error", err)
 	}
 	if _, err := New(nil, DefaultConfig()); err == nil {
 		t.Error("New accepted a nil provider")

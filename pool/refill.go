@@ -1,7 +1,10 @@
 package pool
 
 import (
+	"context"
+	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -80,8 +83,9 @@ func (t refillTimers) stop() {
 }
 
 // refillPass retires VMs past MaxAge, starts the restores that the buckets
-// need within RestoreConcurrency, and returns the earliest time at which a
-// bucket's backoff ends or a VM expires, or zero if there is none.
+// need within RestoreConcurrency and the per-bucket share of it, and returns
+// the earliest time at which a bucket's backoff ends or a VM expires, or
+// zero if there is none.
 func (p *Pool) refillPass(rotation int) time.Time {
 	if p.lifetime.Err() != nil {
 		return time.Time{}
@@ -89,12 +93,12 @@ func (p *Pool) refillPass(rotation int) time.Time {
 	now := p.clock.Now()
 	buckets := p.reg.Load().list
 	needs := make([]int, len(buckets))
+	perBucket := restoreShare(p.cfg.RestoreConcurrency, len(buckets))
 	var next time.Time
 	for i, b := range buckets {
-		var expired []entry
-		expired, needs[i] = p.planBucket(b, now, &next)
-		for _, e := range expired {
-			b.counters.aged.Add(1)
+		plan := p.planBucket(b, now, &next)
+		needs[i] = min(plan.need, max(0, perBucket-plan.restoring))
+		for _, e := range plan.expired {
 			p.evictInBackground(e.inst, EvictAge, nil)
 		}
 	}
@@ -113,42 +117,53 @@ func (p *Pool) refillPass(rotation int) time.Time {
 		// restoring and inflight go up here, before the workers start, and
 		// each worker takes its own share back in finishRestore.
 		b.restoring += n
+		round := b.failRound
 		b.mu.Unlock()
 		p.inflight.Add(int64(n))
 		for range n {
 			p.workers.add()
-			go p.restore(b)
+			go p.restore(b, round)
 		}
 	}
 	return next
 }
 
+// bucketPlan is what planBucket decided for one bucket.
+type bucketPlan struct {
+	expired   []entry // removed from the bucket for age
+	need      int     // restores the bucket needs
+	restoring int     // restores already in flight
+}
+
 // planBucket removes the bucket's expired VMs and returns them with the
 // number of restores the bucket needs. It moves next back to the bucket's
 // next deadline if that comes first.
-func (p *Pool) planBucket(b *bucket, now time.Time, next *time.Time) ([]entry, int) {
+func (p *Pool) planBucket(b *bucket, now time.Time, next *time.Time) bucketPlan {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.removedBy != "" {
-		return nil, 0
+		return bucketPlan{}
 	}
 
 	restoredAt := make([]time.Time, b.warm.len())
 	for i := range restoredAt {
 		restoredAt[i] = b.warm.at(i).inst.RestoredAt
 	}
-	expired := b.warm.removeAt(expiredIndices(restoredAt, now, p.cfg.MaxAge))
+	plan := bucketPlan{restoring: b.restoring}
+	plan.expired = b.warm.removeAt(expiredIndices(restoredAt, now, p.cfg.MaxAge))
+	// Counted under the lock, so that Stats never folds a removed bucket
+	// before this count lands.
+	b.counters.aged.Add(uint64(len(plan.expired)))
 	for i := range b.warm.len() {
 		earlier(next, b.warm.at(i).inst.RestoredAt.Add(p.cfg.MaxAge))
 	}
 
 	if now.Before(b.retryAt) {
 		earlier(next, b.retryAt)
-		return expired, 0
+		return plan
 	}
-	var need int
-	need, b.filling = planRefill(b.warm.len(), b.restoring, b.minDepth, b.maxDepth, b.filling)
-	return expired, need
+	plan.need, b.filling = planRefill(b.warm.len(), b.restoring, b.minDepth, b.maxDepth, b.filling)
+	return plan
 }
 
 func earlier(next *time.Time, t time.Time) {
@@ -158,8 +173,9 @@ func earlier(next *time.Time, t time.Time) {
 }
 
 // restore runs one Provider.Restore for b and makes the VM warm, or records
-// the failure and the bucket's backoff.
-func (p *Pool) restore(b *bucket) {
+// the failure and the bucket's backoff. round is b.failRound when the
+// restore was granted.
+func (p *Pool) restore(b *bucket, round uint64) {
 	defer p.workers.done()
 
 	id := NewVMID(b.key)
@@ -168,13 +184,22 @@ func (p *Pool) restore(b *bucket) {
 	}
 	start := p.clock.Now()
 	ctx, cancel := clockwork.WithTimeout(p.lifetime, p.clock, p.cfg.RestoreTimeout)
-	inst, err := p.provider.Restore(ctx, id, b.key, b.snap)
+	inst, err := p.callRestore(ctx, id, b)
 	cancel()
 	took := p.clock.Since(start)
 
+	if err == nil {
+		err = checkRestored(inst, id, b.key)
+		if err != nil {
+			p.destroyRejected(id, inst)
+		}
+	}
 	if err != nil {
-		p.restoreFailed(b, id, err, took)
+		p.restoreFailed(b, id, err, took, round)
 		return
+	}
+	if inst.RestoredAt.IsZero() {
+		inst.RestoredAt = p.clock.Now()
 	}
 	b.counters.restoresOK.Add(1)
 
@@ -183,6 +208,7 @@ func (p *Pool) restore(b *bucket) {
 	removedBy := b.removedBy
 	if removedBy == "" {
 		b.failures = 0
+		b.failRound++
 		b.retryAt = time.Time{}
 		b.addWarmLocked(entry{inst: inst})
 	}
@@ -198,11 +224,56 @@ func (p *Pool) restore(b *bucket) {
 	}
 }
 
+// callRestore calls Provider.Restore and turns a panic into an error.
+func (p *Pool) callRestore(ctx context.Context, id string, b *bucket) (inst vm.Instance, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("provider panicked in restore: %v", r)
+		}
+	}()
+	return p.provider.Restore(ctx, id, b.key, b.snap)
+}
+
+// checkRestored returns an error if the provider returned a VM other than
+// the one requested. Accepting it could hand one VM to two callers when
+// the provider returns the same id twice.
+func checkRestored(inst vm.Instance, id string, key vm.StackKey) error {
+	if inst.ID != id {
+		return fmt.Errorf("provider returned VM id %q for a restore of %q", inst.ID, id)
+	}
+	if inst.Stack != key {
+		return fmt.Errorf("provider returned VM %s with stack %s for a restore of %s", id, inst.Stack, key)
+	}
+	return nil
+}
+
+// destroyRejected destroys, in the background, the VM of a restore whose
+// result checkRestored rejected: both the id requested and the one
+// returned, because either may be running. A failed destroy goes on the
+// undestroyed list for Close.
+func (p *Pool) destroyRejected(id string, inst vm.Instance) {
+	targets := []vm.Instance{{ID: id, Stack: inst.Stack, Snapshot: inst.Snapshot}}
+	if inst.ID != id && inst.ID != "" {
+		targets = append(targets, inst)
+	}
+	for _, t := range targets {
+		p.background.add()
+		go func() {
+			defer p.background.done()
+			_ = p.destroyVM(context.Background(), t, true)
+		}()
+	}
+}
+
 // restoreFailed records a failed restore and sets the bucket's backoff. A
 // restore that Close cancelled is not a snapshot failure, so it is neither
 // counted nor backed off, but the hook still sees it so that a caller that
 // recorded RestoreStarted can drop its record.
-func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration) {
+//
+// Restores granted together fail together when the snapshot is broken, so
+// only the first failure of a round adds a backoff step. The others keep
+// the backoff it set.
+func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration, round uint64) {
 	if p.lifetime.Err() != nil {
 		b.mu.Lock()
 		b.restoring--
@@ -218,9 +289,13 @@ func (p *Pool) restoreFailed(b *bucket, id string, err error, took time.Duration
 
 	b.mu.Lock()
 	b.restoring--
-	b.failures++
-	retryIn := backoffDelay(b.failures, p.cfg.BackoffInitial, p.cfg.BackoffMax, rand.Float64())
-	b.retryAt = now.Add(retryIn)
+	if round == b.failRound {
+		b.failures++
+		b.failRound++
+		retryIn := backoffDelay(b.failures, p.cfg.BackoffInitial, p.cfg.BackoffMax, rand.Float64())
+		b.retryAt = now.Add(retryIn)
+	}
+	retryIn := max(0, b.retryAt.Sub(now))
 	b.lastErr = err.Error()
 	b.lastErrAt = now
 	b.mu.Unlock()
@@ -238,8 +313,13 @@ func (p *Pool) finishRestore() {
 	p.wakeRefiller()
 }
 
+// maxParallelProbes bounds the Probe calls of one probe round, so that a
+// Probe that ignores its ctx holds one of them and the others go on.
+const maxParallelProbes = 4
+
 // startProbeRound starts a probe of every warm VM unless a round is still
-// running.
+// running. A round that waits on a Probe that ignores ProbeTimeout keeps
+// the next round from starting, but the round's other probes still run.
 func (p *Pool) startProbeRound() {
 	if !p.probing.CompareAndSwap(false, true) {
 		return
@@ -261,21 +341,32 @@ func (p *Pool) startProbeRound() {
 	go func() {
 		defer p.workers.done()
 		defer p.probing.Store(false)
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, maxParallelProbes)
 		for _, t := range targets {
-			if p.lifetime.Err() != nil {
-				return
+			select {
+			case slots <- struct{}{}:
+			case <-p.lifetime.Done():
 			}
-			p.probe(t.b, t.inst)
+			if p.lifetime.Err() != nil {
+				break
+			}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				p.probe(t.b, t.inst)
+			})
 		}
+		wg.Wait()
 	}()
 }
 
 // probe runs Provider.Probe on inst, which stays warm meanwhile and may be
 // acquired. A failed VM is evicted only if it is still in the bucket, so a
-// VM that was handed out during the probe is never destroyed.
+// VM that was handed out during the probe is never destroyed. A Probe that
+// panics counts as failed.
 func (p *Pool) probe(b *bucket, inst vm.Instance) {
 	ctx, cancel := clockwork.WithTimeout(p.lifetime, p.clock, p.cfg.ProbeTimeout)
-	err := p.provider.Probe(ctx, inst)
+	err := p.callProbe(ctx, inst)
 	cancel()
 	if err == nil || p.lifetime.Err() != nil {
 		return
@@ -286,11 +377,22 @@ func (p *Pool) probe(b *bucket, inst vm.Instance) {
 	if b.removedBy == "" {
 		found = b.warm.removeID(inst.ID)
 	}
+	if found {
+		b.counters.probed.Add(1)
+	}
 	b.mu.Unlock()
 	if !found {
 		return
 	}
-	b.counters.probed.Add(1)
 	p.evictInBackground(inst, EvictProbe, err)
 	p.wakeRefiller()
+}
+
+func (p *Pool) callProbe(ctx context.Context, inst vm.Instance) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("provider panicked in probe: %v", r)
+		}
+	}()
+	return p.provider.Probe(ctx, inst)
 }
