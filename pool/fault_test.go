@@ -543,3 +543,163 @@ func TestBackoffOneStepPerRound(t *testing.T) {
 		}
 	}
 }
+
+func TestProviderPanicCountsAsFailure(t *testing.T) {
+	fp := &faultyProvider{}
+	fp.restore = func(context.Context, string, vm.StackKey, vm.Snapshot) (vm.Instance, error) {
+		panic("restore bug")
+	}
+	fp.destroy = func(context.Context, vm.Instance) error { panic("destroy bug") }
+	f := newFaultyFixture(t, fp, nil)
+	key := testKey("node")
+	if err := f.pool.Register(key, testSnap, WithDepth(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitUntil("a failed restore", func() bool { return f.bucket(key).RestoresFailed >= 1 })
+	if got := f.bucket(key).LastError; !strings.Contains(got, "restore bug") {
+		t.Errorf("LastError = %q, want the panic value", got)
+	}
+
+	if err := f.pool.Adopt(key, f.restoreDirect(key, "vm-adopted")); err != nil {
+		t.Fatal(err)
+	}
+	err := f.pool.Close(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "destroy bug") {
+		t.Errorf("Close = %v, want the destroy panic named", err)
+	}
+	if got := f.pool.Stats().DestroyFailures; got < 1 {
+		t.Errorf("DestroyFailures = %d, want at least 1", got)
+	}
+}
+
+func TestProbeHangLeavesOtherProbes(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex // guards probed
+	probed := map[string]bool{}
+	var hung atomic.Bool
+	fp := &faultyProvider{}
+	fp.probe = func(_ context.Context, inst vm.Instance) error {
+		mu.Lock()
+		probed[inst.ID] = true
+		mu.Unlock()
+		if hung.CompareAndSwap(false, true) {
+			<-release // ignores ctx, like a guest agent that never answers
+		}
+		return nil
+	}
+	f := newFaultyFixture(t, fp, func(c *Config) { c.ProbeInterval = time.Second })
+	t.Cleanup(func() { close(release) })
+	key := testKey("node")
+	if err := f.pool.Register(key, testSnap, WithDepth(3, 3)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitWarm(key, 3)
+	f.clock.Advance(time.Second)
+	f.waitUntil("all three VMs probed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(probed) == 3
+	})
+}
+
+func TestRegisterRejectsNilOption(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	err := f.pool.Register(testKey("node"), testSnap, nil)
+	if err == nil || !strings.Contains(err.Error(), "option 0 is nil") {
+		t.Errorf("Register = %v, want an error naming the nil option", err)
+	}
+	if n := len(f.pool.Stats().Buckets); n != 0 {
+		t.Errorf("%d buckets after a rejected Register, want 0", n)
+	}
+}
+
+func TestCloseWithCancelledCtxNamesCtx(t *testing.T) {
+	stuck := stuckRestores{release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	f := newFixture(t, fixtureOptions{provider: func(sp *sim.Provider) vm.Provider {
+		stuck.Provider = sp
+		return stuck
+	}})
+	t.Cleanup(func() {
+		close(stuck.release)
+		f.pool.WaitIdle()
+	})
+	key := testKey("node")
+	if err := f.pool.Register(key, testSnap, WithDepth(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	<-stuck.entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := f.pool.Close(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Close = %v, want context.Canceled", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "join budget") {
+		t.Errorf("Close = %q, blames the join budget although ctx ended first", err)
+	}
+}
+
+func TestSetDepthKeepsWarmVMs(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	key := testKey("node")
+	if err := f.pool.Register(key, testSnap, WithDepth(2, 4)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitWarm(key, 4)
+	before := f.sim.Live()
+
+	if err := f.pool.SetDepth(key, 1, 2); err != nil {
+		t.Fatalf("SetDepth: %v", err)
+	}
+	f.waitUntil("two depth evictions destroyed", func() bool { return len(f.sim.Live()) == 2 })
+	b := f.bucket(key)
+	if b.Warm != 2 || b.MinDepth != 1 || b.MaxDepth != 2 {
+		t.Errorf("after lowering: Warm %d, depth %d-%d; want 2 warm, depth 1-2", b.Warm, b.MinDepth, b.MaxDepth)
+	}
+	if b.DepthEvictions != 2 {
+		t.Errorf("DepthEvictions = %d, want 2", b.DepthEvictions)
+	}
+	if got := f.evictedFor(EvictDepth); len(got) != 2 {
+		t.Errorf("depth evictions = %v, want two", got)
+	}
+	for _, id := range f.sim.Live() {
+		if !slices.Contains(before, id) {
+			t.Errorf("VM %s is new: SetDepth must keep the warm VMs", id)
+		}
+	}
+
+	if err := f.pool.SetDepth(key, 3, 5); err != nil {
+		t.Fatalf("SetDepth: %v", err)
+	}
+	f.waitWarm(key, 5)
+
+	tests := []struct {
+		name     string
+		key      vm.StackKey
+		min, max int
+		want     string
+	}{
+		{"min above max", key, 3, 2, "invalid MinDepth 3"},
+		{"zero max", key, 0, 0, "invalid MaxDepth 0"},
+		{"unknown stack", testKey("other"), 1, 2, "unknown stack"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := f.pool.SetDepth(tt.key, tt.min, tt.max)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("SetDepth = %v, want it to contain %q", err, tt.want)
+			}
+			if b := f.bucket(key); b.MinDepth != 3 || b.MaxDepth != 5 {
+				t.Errorf("depth %d-%d after a rejected SetDepth, want 3-5", b.MinDepth, b.MaxDepth)
+			}
+		})
+	}
+
+	if err := f.pool.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.pool.SetDepth(key, 1, 2); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetDepth after Close = %v, want ErrClosed", err)
+	}
+}
