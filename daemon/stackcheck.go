@@ -11,20 +11,11 @@ import (
 	"github.com/warmpool/warmpool/vm"
 )
 
-// snapshotChecker is implemented by providers that can tell, without a
-// restore, whether a snapshot can ever give a VM for a stack.
-type snapshotChecker interface {
-	CheckSnapshot(key vm.StackKey, snap vm.Snapshot) error
-}
-
 // checkSnapshot returns an error if snap can never be restored for key.
 // Providers without CheckSnapshot get a smaller check: the snapshot path
 // must be a directory.
-// NOTE: for qemu and firecracker this does not compare the snapshot's
-// recorded vCPUs and memory with key, so a shape mismatch still shows only
-// as failed restores.
 func (d *Daemon) checkSnapshot(key vm.StackKey, snap vm.Snapshot) error {
-	if checker, ok := d.provider.(snapshotChecker); ok {
+	if checker, ok := d.provider.(vm.SnapshotChecker); ok {
 		return checker.CheckSnapshot(key, snap)
 	}
 	info, err := os.Stat(snap.Path)
