@@ -30,7 +30,10 @@ var invariantSeed = flag.Uint64("invariant.seed", 0, "random seed of TestPoolInv
 func TestPoolInvariant(t *testing.T) {
 	seeds := []uint64{*invariantSeed}
 	if *invariantSeed == 0 {
-		seeds = []uint64{rand.Uint64(), rand.Uint64(), rand.Uint64()}
+		seeds = make([]uint64, 6)
+		for i := range seeds {
+			seeds[i] = rand.Uint64()
+		}
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -43,10 +46,13 @@ func TestPoolInvariant(t *testing.T) {
 
 // invariantLedger records what the test saw happen to each VM.
 type invariantLedger struct {
-	mu            sync.Mutex // guards the maps below
-	handedOut     map[string]int
-	keptByTest    map[string]bool
-	lateFailures  map[string]bool
+	mu           sync.Mutex // guards the maps below
+	handedOut    map[string]int
+	keptByTest   map[string]bool
+	lateFailures map[string]bool
+	// closeFailures are the VMs whose last destroy failed while Close ran.
+	closeFailures map[string]bool
+	closing       atomic.Bool
 	closeReturned atomic.Bool
 }
 
@@ -68,9 +74,20 @@ func runInvariant(t *testing.T, seed uint64) bool {
 	}
 
 	ledger := &invariantLedger{
-		handedOut:    map[string]int{},
-		keptByTest:   map[string]bool{},
-		lateFailures: map[string]bool{},
+		handedOut:     map[string]int{},
+		keptByTest:    map[string]bool{},
+		lateFailures:  map[string]bool{},
+		closeFailures: map[string]bool{},
+	}
+	// Once Close starts, every other destroy fails, so that each run has
+	// failures that Close must name.
+	var destroys atomic.Int64
+	fp := &faultyProvider{Provider: sp}
+	fp.destroy = func(ctx context.Context, inst vm.Instance) error {
+		if ledger.closing.Load() && destroys.Add(1)%2 == 0 {
+			return errors.New("destroy failed during Close")
+		}
+		return sp.Destroy(ctx, inst)
 	}
 	cfg := DefaultConfig()
 	cfg.RefillInterval = 2 * time.Millisecond
@@ -83,13 +100,18 @@ func runInvariant(t *testing.T, seed uint64) bool {
 	cfg.BackoffInitial = time.Millisecond
 	cfg.BackoffMax = 5 * time.Millisecond
 	cfg.Hooks.Destroyed = func(inst vm.Instance, _ time.Duration, err error) {
-		if err != nil && ledger.closeReturned.Load() {
-			ledger.mu.Lock()
+		ledger.mu.Lock()
+		defer ledger.mu.Unlock()
+		switch {
+		case err != nil && ledger.closeReturned.Load():
 			ledger.lateFailures[inst.ID] = true
-			ledger.mu.Unlock()
+		case err != nil && ledger.closing.Load():
+			ledger.closeFailures[inst.ID] = true
+		case err == nil:
+			delete(ledger.closeFailures, inst.ID)
 		}
 	}
-	p, err := New(sp, cfg)
+	p, err := New(fp, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +133,8 @@ func runInvariant(t *testing.T, seed uint64) bool {
 	time.Sleep(60 * time.Millisecond) // let the pool run under faults
 	unregisterErr := p.Unregister(context.Background(), keys[0])
 	time.Sleep(60 * time.Millisecond)
+	adoptForClose(t, p, sp, keys[len(keys)-1], ledger)
+	ledger.closing.Store(true)
 	closeErr := p.Close(context.Background())
 	ledger.closeReturned.Store(true)
 	wg.Wait()
@@ -118,14 +142,34 @@ func runInvariant(t *testing.T, seed uint64) bool {
 
 	s := p.Stats()
 	t.Logf("restored %d VMs: %d hits, %d misses, evictions %d unhealthy, %d age, %d probe; "+
-		"%d restores failed, %d destroys failed",
+		"%d restores failed, %d destroys failed, %d VMs left by failed destroys during Close",
 		len(sp.Restored()), s.Hits, s.Misses, s.UnhealthyEvictions, s.AgeEvictions, s.ProbeEvictions,
-		s.RestoresFailed, s.DestroyFailures)
+		s.RestoresFailed, s.DestroyFailures, len(ledger.closeFailures))
 	if unregisterErr != nil {
 		t.Logf("Unregister: %v", unregisterErr)
 	}
 	checkInvariant(t, sp, ledger, closeErr)
 	return !t.Failed()
+}
+
+// adoptForClose adopts a few VMs into the rarely acquired bucket of key,
+// so that Close has warm VMs to destroy in every run.
+func adoptForClose(t *testing.T, p *Pool, sp *sim.Provider, key vm.StackKey, ledger *invariantLedger) {
+	for range 4 {
+		// The sim hangs some restores until their ctx is done.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		inst, err := sp.Restore(ctx, NewVMID(key), key, testSnap)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if err := p.Adopt(key, inst); err != nil {
+			t.Errorf("Adopt before Close: %v", err)
+			ledger.mu.Lock()
+			ledger.keptByTest[inst.ID] = true
+			ledger.mu.Unlock()
+		}
+	}
 }
 
 // acquireUntilClosed acquires VMs, kills some warm ones and adopts new ones
@@ -223,6 +267,13 @@ func checkInvariant(t *testing.T, sp *sim.Provider, ledger *invariantLedger, clo
 	}
 	if twice := sp.DoubleDestroys(); len(twice) > 0 {
 		t.Errorf("VMs destroyed twice: %v", twice)
+	}
+	// Exact per VM: each VM whose last destroy failed while Close ran is
+	// named by Close, whatever else the run did.
+	for id := range ledger.closeFailures {
+		if live[id] && !namedByClose[id] {
+			t.Errorf("VM %s: a destroy failed during Close, but Close's error does not name it", id)
+		}
 	}
 	for id := range namedByClose {
 		if !live[id] {
