@@ -28,8 +28,11 @@ func stackSpecs(cfg *Config, providerKind string) map[vm.StackKey]stackSpec {
 }
 
 // stackDiff is the change between two sets of stacks.
+// stackDiff lists the stacks a reload adds, removes, re-registers because
+// their snapshot changed, and resizes in place because only their depth
+// changed.
 type stackDiff struct {
-	added, removed, changed []vm.StackKey
+	added, removed, changed, resized []vm.StackKey
 }
 
 func diffStacks(old, new map[vm.StackKey]stackSpec) stackDiff {
@@ -39,8 +42,10 @@ func diffStacks(old, new map[vm.StackKey]stackSpec) stackDiff {
 		switch {
 		case !ok:
 			diff.added = append(diff.added, key)
-		case oldSpec != spec:
+		case oldSpec.snapshot != spec.snapshot:
 			diff.changed = append(diff.changed, key)
+		case oldSpec != spec:
+			diff.resized = append(diff.resized, key)
 		}
 	}
 	for key := range old {
@@ -48,7 +53,7 @@ func diffStacks(old, new map[vm.StackKey]stackSpec) stackDiff {
 			diff.removed = append(diff.removed, key)
 		}
 	}
-	for _, keys := range [][]vm.StackKey{diff.added, diff.removed, diff.changed} {
+	for _, keys := range [][]vm.StackKey{diff.added, diff.removed, diff.changed, diff.resized} {
 		sortKeys(keys)
 	}
 	return diff
@@ -129,9 +134,14 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	for _, key := range diff.removed {
 		errs = append(errs, d.unregister(ctx, key))
 	}
-	// NOTE: a change of depth alone also unregisters the stack, which
-	// destroys its warm VMs, because the pool cannot change a bucket's
-	// depth in place.
+	// A new snapshot needs new VMs, so the stack is drained and registered
+	// again. A new depth alone keeps the warm VMs.
+	for _, key := range diff.resized {
+		spec := nextSpecs[key]
+		if err := d.pool.SetDepth(key, spec.minDepth, spec.maxDepth); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, key := range diff.changed {
 		if err := d.unregister(ctx, key); err != nil {
 			errs = append(errs, err)
@@ -149,7 +159,7 @@ func (d *Daemon) Reload(ctx context.Context) error {
 
 	err = errors.Join(errs...)
 	d.log.Info("config reloaded", "added", len(diff.added), "removed", len(diff.removed),
-		"changed", len(diff.changed), "failed", err != nil)
+		"changed", len(diff.changed), "resized", len(diff.resized), "failed", err != nil)
 	return err
 }
 

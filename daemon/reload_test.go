@@ -4,9 +4,12 @@ import (
 	"context"
 	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/warmpool/warmpool/daemon/state"
 	"github.com/warmpool/warmpool/vm"
 )
 
@@ -167,16 +170,23 @@ func TestDiffStacks(t *testing.T) {
 	moved := spec
 	moved.snapshot.Path = "q"
 
+	deeper := spec
+	deeper.maxDepth = 4
+	movedDeeper := moved
+	movedDeeper.maxDepth = 4
+
 	tests := []struct {
-		name                    string
-		old, new                map[vm.StackKey]stackSpec
-		added, removed, changed int
+		name                             string
+		old, new                         map[vm.StackKey]stackSpec
+		added, removed, changed, resized int
 	}{
-		{"no change", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: spec}, 0, 0, 0},
-		{"added", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: spec, b: spec}, 1, 0, 0},
-		{"removed", map[vm.StackKey]stackSpec{a: spec, b: spec}, map[vm.StackKey]stackSpec{b: spec}, 0, 1, 0},
-		{"snapshot changed", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: moved}, 0, 0, 1},
-		{"all three", map[vm.StackKey]stackSpec{a: spec, b: spec}, map[vm.StackKey]stackSpec{b: moved, c: spec}, 1, 1, 1},
+		{"no change", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: spec}, 0, 0, 0, 0},
+		{"added", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: spec, b: spec}, 1, 0, 0, 0},
+		{"removed", map[vm.StackKey]stackSpec{a: spec, b: spec}, map[vm.StackKey]stackSpec{b: spec}, 0, 1, 0, 0},
+		{"snapshot changed", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: moved}, 0, 0, 1, 0},
+		{"depth changed", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: deeper}, 0, 0, 0, 1},
+		{"snapshot and depth", map[vm.StackKey]stackSpec{a: spec}, map[vm.StackKey]stackSpec{a: movedDeeper}, 0, 0, 1, 0},
+		{"all kinds", map[vm.StackKey]stackSpec{a: spec, b: spec}, map[vm.StackKey]stackSpec{a: deeper, b: moved, c: spec}, 1, 0, 1, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,6 +200,59 @@ func TestDiffStacks(t *testing.T) {
 			if len(d.changed) != tt.changed {
 				t.Errorf("changed = %v, want %d", d.changed, tt.changed)
 			}
+			if len(d.resized) != tt.resized {
+				t.Errorf("resized = %v, want %d", d.resized, tt.resized)
+			}
 		})
 	}
+}
+
+func TestReloadDepthKeepsWarmVMs(t *testing.T) {
+	text := testConfig(t, t.TempDir())
+	td := startTestDaemon(t, text, nil)
+	warmBefore := td.warmIDsOf(t, testKey, 2)
+
+	next := strings.Replace(text, "    snapshot: {path: sim://py}\n", "    snapshot: {path: sim://py}\n    min_depth: 1\n    max_depth: 4\n", 1)
+	writeConfig(t, td.configPath, next)
+	if err := td.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+
+	if depth := bucketKeys(td)[testKey]; depth != [2]int{1, 4} {
+		t.Errorf("py depth = %v, want [1 4]", depth)
+	}
+	live := td.sim.Live()
+	for _, id := range warmBefore {
+		if !slices.Contains(live, id) {
+			t.Errorf("warm VM %s was destroyed by a reload that only changed the depth", id)
+		}
+	}
+	if !strings.Contains(td.logs.String(), "resized=1") {
+		t.Errorf("reload log does not count the resized stack:\n%s", td.logs.String())
+	}
+}
+
+// warmIDsOf waits until at least n VMs of key are recorded as warm and
+// returns their ids.
+func (td *testDaemon) warmIDsOf(t *testing.T, key vm.StackKey, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		recs, err := td.store.ListState(state.Warm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, rec := range recs {
+			if rec.Stack == key {
+				ids = append(ids, rec.ID)
+			}
+		}
+		if len(ids) >= n {
+			return ids
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("fewer than %d warm VMs of %s recorded within 5s", n, key)
+	return nil
 }
