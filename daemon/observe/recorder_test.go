@@ -206,8 +206,8 @@ func TestRecorderAndCollectorShareRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatalf("count evictions series: %v", err)
 	}
-	if series != 3 {
-		t.Errorf("warmpool_evictions_total series = %d, want 3 (unhealthy, age, probe of one bucket)", series)
+	if series != 4 {
+		t.Errorf("warmpool_evictions_total series = %d, want 4 (unhealthy, age, probe, depth of one bucket)", series)
 	}
 }
 
