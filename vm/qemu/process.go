@@ -243,6 +243,25 @@ func verifyProcess(pid int, id string) error {
 	return nil
 }
 
+// findProcess returns the pid of the running QEMU of VM id, found by its
+// command line in /proc, and false if there is none.
+func findProcess(id string) (int, bool) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if verifyProcess(pid, id) == nil {
+			return pid, true
+		}
+	}
+	return 0, false
+}
+
 func readPIDFile(vmDir string) (int, error) {
 	b, err := os.ReadFile(filepath.Join(vmDir, pidFile))
 	if err != nil {

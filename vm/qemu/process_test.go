@@ -3,11 +3,15 @@ package qemu
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/warmpool/warmpool/vm"
 )
 
 // TestKillStopsWrapperChild starts a wrapper script that runs its child
@@ -86,5 +90,42 @@ func TestLaunchErrorNamesExitStatus(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "No space left on device") {
 		t.Errorf("launch error %q lacks the stderr tail", err)
+	}
+}
+
+func TestDestroyFindsQEMUWithoutPIDFile(t *testing.T) {
+	stateDir := t.TempDir()
+	p, err := New(Config{StateDir: stateDir, Accel: AccelTCG, StopTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = "nopidfile-1"
+	if err := os.MkdirAll(filepath.Join(stateDir, id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	// A shell whose command line looks like the QEMU of VM id, as left by
+	// a process killed after it started QEMU and before it wrote the pid
+	// file.
+	fake := exec.Command("/bin/sh", "-c", "sleep 300; :", "-name", "guest="+processName(id))
+	fake.Args[0] = "qemu-system-x86_64"
+	fake.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := fake.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- fake.Wait() }()
+	t.Cleanup(func() { syscall.Kill(-fake.Process.Pid, syscall.SIGKILL) })
+
+	if err := p.Destroy(context.Background(), vm.Instance{ID: id}); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the QEMU of the VM still runs after Destroy")
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, id)); !os.IsNotExist(err) {
+		t.Errorf("VM directory after Destroy: %v, want it removed", err)
 	}
 }

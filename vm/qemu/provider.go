@@ -264,11 +264,18 @@ func (p *Provider) stop(m *machine) error {
 // using the pid file in dir.
 func (p *Provider) stopRecorded(ctx context.Context, id, dir string) error {
 	pid, err := readPIDFile(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // QEMU never started
-	}
 	if err != nil {
-		return err
+		// A process that was killed between starting QEMU and writing the
+		// pid file leaves a running QEMU without one, so look for it by
+		// the VM id in its command line.
+		found, ok := findProcess(id)
+		if !ok {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil // QEMU never started
+			}
+			return err
+		}
+		pid = found
 	}
 
 	proc, err := watchProcess(pid, dir)
