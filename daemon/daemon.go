@@ -169,13 +169,29 @@ func (d *Daemon) registerStacks(stacks []StackConfig, adopt map[vm.StackKey][]vm
 	kind := d.provider.Name()
 	for _, s := range stacks {
 		minDepth, maxDepth := s.Depth(defaults)
-		err := d.pool.Register(s.Key, s.snapshot(kind), pool.WithDepth(minDepth, maxDepth))
+		recovered := adopt[s.Key]
+		if len(recovered) == 0 {
+			err := d.pool.Register(s.Key, s.snapshot(kind), pool.WithDepth(minDepth, maxDepth))
+			if err != nil {
+				d.log.Error("register stack failed", "stack", s.Key.String(), "error", err)
+			}
+			continue
+		}
+
+		// With min depth 0 the refiller restores nothing until a miss, so
+		// it cannot start restores for a bucket that looks empty before
+		// the recovered VMs are adopted. SetDepth then sets the real
+		// depth, which also destroys adopted VMs above max depth.
+		err := d.pool.Register(s.Key, s.snapshot(kind), pool.WithDepth(0, maxDepth))
 		if err != nil {
 			d.log.Error("register stack failed", "stack", s.Key.String(), "error", err)
 			continue
 		}
-		for _, inst := range adopt[s.Key] {
+		for _, inst := range recovered {
 			d.adopt(inst)
+		}
+		if err := d.pool.SetDepth(s.Key, minDepth, maxDepth); err != nil {
+			d.log.Error("set stack depth failed", "stack", s.Key.String(), "error", err)
 		}
 	}
 }

@@ -173,3 +173,67 @@ func TestStartRecoversRecordedVMs(t *testing.T) {
 		t.Error("handed-out VM was destroyed by the pool's close")
 	}
 }
+
+func TestRecoveryKeepsMaxDepth(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := ParseConfig("t.yaml", []byte(testConfig(t, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := sim.New(sim.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pySnap := cfg.Stacks[0].snapshot("sim")
+	_, maxDepth := cfg.Stacks[0].Depth(cfg.Pool)
+
+	// More warm VMs of one stack than its max depth, as two restarts that
+	// each refilled before adopting could leave.
+	store, err := state.Open(cfg.StateDir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	recorded := maxDepth + 2
+	for i := range recorded {
+		inst, err := p.Restore(ctx, fmt.Sprintf("warm-%d", i), testKey, pySnap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.Put(state.Record{Instance: inst, State: state.Warm}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := Start(ctx, cfg, Options{Logger: newTestLogger(&syncBuffer{}), Provider: reattachingSim{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(ctx)
+
+	// The config's other stack fills as usual, so only the VMs of testKey
+	// count: the recorded ones and any the refiller restores for it.
+	ofStack := func(ids []string) []string {
+		var out []string
+		for _, id := range ids {
+			if strings.HasPrefix(id, "warm-") || strings.HasPrefix(id, testKey.Name+"-") {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(ofStack(p.Live())) > maxDepth && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if live := ofStack(p.Live()); len(live) != maxDepth {
+		t.Errorf("%d VMs of %s run after recovery, want max depth %d: %v", len(live), testKey, maxDepth, live)
+	}
+	if restored := ofStack(p.Restored()); len(restored) != recorded {
+		t.Errorf("%d VMs of %s restored in all, want the %d recorded ones and no refill: %v",
+			len(restored), testKey, recorded, restored)
+	}
+}
