@@ -239,6 +239,14 @@ func TestServeSecondSignalExitsAtOnce(t *testing.T) {
 
 	p.signal(t, syscall.SIGTERM)
 	p.waitLog(t, `"msg":"daemon stopping"`)
+
+	// A copy of the stop signal that arrives at once, as GNU timeout sends
+	// one to the daemon and one to its process group, is ignored.
+	p.signal(t, syscall.SIGTERM)
+	p.waitLog(t, `"msg":"repeated signal ignored, still stopping"`)
+
+	// Past serve's 500ms window for copies, a second signal exits.
+	time.Sleep(600 * time.Millisecond)
 	start := time.Now()
 	p.signal(t, syscall.SIGINT)
 	code := p.wait(t, 10*time.Second)

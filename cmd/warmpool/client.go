@@ -65,7 +65,7 @@ func newAcquireCmd() *cobra.Command {
 	addSocketFlag(cmd, &socket)
 	cmd.Flags().StringVar(&stack, "stack", "", "stack as NAME@VERSION (required)")
 	cmd.Flags().IntVar(&vcpus, "vcpus", 1, "number of vCPUs of the stack")
-	cmd.Flags().IntVar(&memory, "memory", 256, "memory of the stack, in MiB")
+	cmd.Flags().IntVar(&memory, "memory", 128, "memory of the stack, in MiB")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "how long to wait for a refill when no VM is warm, such as 2s")
 	cmd.Flags().BoolVar(&cold, "cold", false, "restore a VM from the snapshot if none is warm")
 	_ = cmd.MarkFlagRequired("stack")

@@ -7,11 +7,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/warmpool/warmpool/daemon"
 )
+
+// duplicateSignalWindow is how long after the first stop signal another one
+// is taken as a copy of it rather than a request to exit at once.
+const duplicateSignalWindow = 500 * time.Millisecond
 
 func init() {
 	rootCmd.AddCommand(newServeCmd())
@@ -74,7 +79,7 @@ func serve(parent context.Context, configPath string, logger *slog.Logger) error
 	defer signal.Stop(signals)
 	reloads := make(chan struct{}, 1)
 	go func() {
-		stopping := false
+		var stoppingAt time.Time
 		for sig := range signals {
 			switch {
 			case sig == syscall.SIGHUP:
@@ -82,10 +87,14 @@ func serve(parent context.Context, configPath string, logger *slog.Logger) error
 				case reloads <- struct{}{}:
 				default:
 				}
-			case !stopping:
-				stopping = true
+			case stoppingAt.IsZero():
+				stoppingAt = time.Now()
 				logger.Info("signal received, stopping", "signal", sig.String())
 				cancel()
+			case time.Since(stoppingAt) < duplicateSignalWindow:
+				// A supervisor such as GNU timeout signals both the daemon
+				// and its process group, so one stop can arrive twice.
+				logger.Info("repeated signal ignored, still stopping", "signal", sig.String())
 			default:
 				logger.Warn("second signal received, exiting now", "signal", sig.String())
 				os.Exit(1)
