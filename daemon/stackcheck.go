@@ -51,8 +51,10 @@ func checkBinary(field, binary string) error {
 }
 
 // stacksNeverWarm returns the configured stacks that have never had a warm
-// VM and are backing off after a failed restore. Such a stack cannot serve
-// an acquire, so /readyz reports the daemon as not ready until it recovers.
+// VM and whose restores have failed. Such a stack cannot serve an acquire,
+// so /readyz reports the daemon as not ready until a restore succeeds. A
+// retry in flight does not change that, so readiness does not flap
+// between backoffs.
 func (d *Daemon) stacksNeverWarm() []string {
 	configured := make(map[vm.StackKey]bool)
 	for _, s := range d.config().Stacks {
@@ -61,7 +63,7 @@ func (d *Daemon) stacksNeverWarm() []string {
 	var keys []string
 	for _, b := range d.pool.Stats().Buckets {
 		neverWarm := b.Warm == 0 && b.RestoresOK == 0 && b.Hits == 0
-		if configured[b.Key] && neverWarm && !b.RetryAt.IsZero() {
+		if configured[b.Key] && neverWarm && b.RestoresFailed > 0 {
 			keys = append(keys, b.Key.String())
 		}
 	}
