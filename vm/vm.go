@@ -85,20 +85,22 @@ type Provider interface {
 	Name() string
 
 	// Restore starts a new VM with the given id from snap and returns once
-	// the guest has answered a health probe. The id is chosen by the caller
-	// and is safe as a path component (see ValidateID). On failure the
-	// provider removes whatever it started, so nothing is left behind.
+	// the guest has replied to a health probe. The id is chosen by the caller
+	// and is safe as a path component (see ValidateID). The returned
+	// Instance has that ID and Stack key, and the pool destroys one that
+	// does not. On failure the provider removes whatever it started, so
+	// nothing is left behind.
 	Restore(ctx context.Context, id string, key StackKey, snap Snapshot) (Instance, error)
 
 	// Check reports whether a restored VM is still usable, from state the
 	// provider keeps up to date in the background (the VMM process being
 	// alive and the age of the guest's last heartbeat). It costs
 	// microseconds, makes no call to the VMM or the guest, and returns an
-	// error that says what is wrong.
+	// error that describes what is wrong.
 	Check(inst Instance) error
 
 	// Probe performs a full round trip to the guest with ctx's deadline.
-	// A guest can hang while its VMM still answers, so Probe talks to the
+	// A guest can hang while its VMM still responds, so Probe talks to the
 	// guest itself.
 	Probe(ctx context.Context, inst Instance) error
 
