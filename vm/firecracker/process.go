@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/warmpool/warmpool/internal/pidfd"
 	"github.com/warmpool/warmpool/vm/firecracker/api"
 )
 
@@ -347,20 +348,13 @@ func waitForSocket(ctx context.Context, p *process, path string, timeout time.Du
 // watchPID returns a process for a VMM that is not a child of this program,
 // with exited closed once it exits.
 func watchPID(pid int, outFile string) (*process, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	gone, err := pidfd.Watch(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		return nil, err
 	}
 	p := &process{pid: pid, exited: make(chan struct{}), outFile: outFile}
 	go func() {
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			_, err := unix.Poll(fds, -1)
-			if err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		<-gone
 		close(p.exited)
 	}()
 	return p, nil

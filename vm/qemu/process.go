@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/warmpool/warmpool/internal/pidfd"
 )
 
 // outputTailSize is how many bytes of QEMU's stderr and of the guest
@@ -119,20 +119,13 @@ func startProcess(binary string, args []string, workDir, vmDir string, files []*
 // a detached QEMU left by an earlier warmpool run. It cannot reap it, so
 // it waits on a pidfd for the exit.
 func watchProcess(pid int, logDir string) (*process, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	gone, err := pidfd.Watch(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		return nil, err
 	}
 	p := &process{pid: pid, exited: make(chan struct{}), logDir: logDir}
 	go func() {
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			_, err := unix.Poll(fds, -1)
-			if err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		<-gone
 		p.err = errors.New("process exited")
 		close(p.exited)
 	}()
