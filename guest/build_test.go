@@ -255,7 +255,7 @@ func TestBuildCachedNeedsNoGo(t *testing.T) {
 		t.Errorf("Build did not report the cached guest as cached")
 	}
 
-	// With a changed kernel a build is needed, and the error says that
+	// With a changed kernel a build is needed, and the error states that
 	// Go is missing.
 	if err := os.WriteFile(kernel, []byte("other kernel"), 0o644); err != nil {
 		t.Fatal(err)

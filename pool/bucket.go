@@ -119,7 +119,7 @@ type bucketCounters struct {
 	restoresOK     atomic.Uint64
 	restoresFailed atomic.Uint64
 	// acquiring counts Acquire calls between popOldest and counting their
-	// result, so that Stats knows when a removed bucket's counters are
+	// result, so that Stats can tell when a removed bucket's counters are
 	// final.
 	acquiring atomic.Int64
 	_         [cacheLine]byte

@@ -107,9 +107,9 @@ func (p *Pool) joinError(ctx context.Context) error {
 
 // retryBackgroundFailures waits for the background destroys and tries
 // again each VM whose destroy failed, until no background destroy runs and
-// none has failed since the last try. It then sets closeFinished, in the
-// same critical section as the last check, so that a destroy failing later
-// knows that Close no longer looks at the undestroyed list.
+// none has failed since the last try. It then sets closeFinished in the
+// same critical section as the last check. A destroy that fails later thus
+// finds that Close no longer reads the undestroyed list.
 func (p *Pool) retryBackgroundFailures(ctx context.Context) []error {
 	var errs []error
 	for {

@@ -603,7 +603,7 @@ func TestProbeHangLeavesOtherProbes(t *testing.T) {
 		probed[inst.ID] = true
 		mu.Unlock()
 		if hung.CompareAndSwap(false, true) {
-			<-release // ignores ctx, like a guest agent that never answers
+			<-release // ignores ctx, like a guest agent that never replies
 		}
 		return nil
 	}

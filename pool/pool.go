@@ -328,7 +328,7 @@ func (p *Pool) Adopt(key vm.StackKey, inst vm.Instance) error {
 // SetDepth changes the MinDepth and MaxDepth of the registered bucket of key
 // in place, keeping its warm VMs. If more VMs than the new maxDepth are warm,
 // SetDepth evicts the oldest of them with EvictDepth and destroys them in the
-// background; restores already in flight still finish and turn warm. The
+// background. Restores already in flight still finish and turn warm. The
 // refiller then fills the bucket to the new depth. SetDepth returns an
 // error and changes nothing if the depth is invalid, key is not registered
 // or the pool is closed.

@@ -82,10 +82,10 @@ func (t refillTimers) stop() {
 	}
 }
 
-// refillPass retires VMs past MaxAge, starts the restores that the buckets
-// need within RestoreConcurrency and the per-bucket share of it, and returns
-// the earliest time at which a bucket's backoff ends or a VM expires, or
-// zero if there is none.
+// refillPass retires VMs past MaxAge and starts the restores that the
+// buckets need, within RestoreConcurrency and each bucket's share of it. It
+// returns the earliest time at which a bucket's backoff ends or a VM
+// expires, or zero if there is none.
 func (p *Pool) refillPass(rotation int) time.Time {
 	if p.lifetime.Err() != nil {
 		return time.Time{}
@@ -128,7 +128,7 @@ func (p *Pool) refillPass(rotation int) time.Time {
 	return next
 }
 
-// bucketPlan is what planBucket decided for one bucket.
+// bucketPlan is planBucket's decision for one bucket.
 type bucketPlan struct {
 	expired   []entry // removed from the bucket for age
 	need      int     // restores the bucket needs
@@ -267,7 +267,7 @@ func (p *Pool) destroyRejected(id string, inst vm.Instance) {
 
 // restoreFailed records a failed restore and sets the bucket's backoff. A
 // restore that Close cancelled is not a snapshot failure, so it is neither
-// counted nor backed off, but the hook still sees it so that a caller that
+// counted nor backed off, but the hook still receives it so that a caller that
 // recorded RestoreStarted can drop its record.
 //
 // Restores granted together fail together when the snapshot is broken, so

@@ -348,13 +348,13 @@ func waitForSocket(ctx context.Context, p *process, path string, timeout time.Du
 // watchPID returns a process for a VMM that is not a child of this program,
 // with exited closed once it exits.
 func watchPID(pid int, outFile string) (*process, error) {
-	gone, err := pidfd.Watch(pid)
+	processExit, err := pidfd.Watch(pid)
 	if err != nil {
 		return nil, err
 	}
 	p := &process{pid: pid, exited: make(chan struct{}), outFile: outFile}
 	go func() {
-		<-gone
+		<-processExit
 		close(p.exited)
 	}()
 	return p, nil

@@ -111,9 +111,9 @@ func stageDrives(snapDir, vmDir string, drives []MetadataDrive, uid, gid int) er
 }
 
 // snapshotFile returns the path of rel inside the snapshot directory dir
-// after checking that it is a regular file that no symbolic link leads to,
-// so that a changed snapshot directory cannot make the provider link, copy
-// or chown a file elsewhere.
+// after checking that it is a regular file that no symbolic link leads to.
+// A changed snapshot directory therefore cannot make the provider link,
+// copy or chown a file elsewhere.
 func snapshotFile(dir, rel string) (string, error) {
 	path := filepath.Join(dir, rel)
 	if err := checkInside(dir, path); err != nil {

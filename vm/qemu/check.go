@@ -8,9 +8,9 @@ import (
 )
 
 // CheckSnapshot returns an error if snap can never be restored for key on
-// this host: it was made by another provider, its metadata or files are
-// invalid, its machine shape differs from key, or it needs KVM and KVM
-// does not open. It reads the snapshot's metadata and stats its files, and
+// this host. That is the case when another provider made it, its metadata
+// or files are invalid, its machine shape differs from key, or it needs KVM
+// and KVM does not open. It reads the snapshot's metadata and stats its files, and
 // starts no VM.
 func (p *Provider) CheckSnapshot(key vm.StackKey, snap vm.Snapshot) error {
 	if err := key.Validate(); err != nil {

@@ -119,13 +119,13 @@ func startProcess(binary string, args []string, workDir, vmDir string, files []*
 // a detached QEMU left by an earlier warmpool run. It cannot reap it, so
 // it waits on a pidfd for the exit.
 func watchProcess(pid int, logDir string) (*process, error) {
-	gone, err := pidfd.Watch(pid)
+	processExit, err := pidfd.Watch(pid)
 	if err != nil {
 		return nil, err
 	}
 	p := &process{pid: pid, exited: make(chan struct{}), logDir: logDir}
 	go func() {
-		<-gone
+		<-processExit
 		p.err = errors.New("process exited")
 		close(p.exited)
 	}()

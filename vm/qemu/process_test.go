@@ -66,7 +66,7 @@ func isZombie(pid int) bool {
 }
 
 // TestLaunchErrorNamesExitStatus starts a QEMU stand-in that writes to
-// stderr and exits 3, and checks that the launch error says both.
+// stderr and exits 3, and checks that the launch error contains both.
 func TestLaunchErrorNamesExitStatus(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "failing-qemu.sh")
